@@ -1,0 +1,5 @@
+"""Allow ``python -m wsbridge``."""
+
+from .cli import main
+
+raise SystemExit(main())

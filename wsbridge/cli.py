@@ -1,0 +1,341 @@
+"""The ``wsbridge`` command line.
+
+This module parses arguments, builds the library objects and maps their
+exceptions to exit codes and one-line messages. It holds no logic of its
+own; every command is a library call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .endpoint import AuthMode
+from .errors import EXIT_INTERRUPTED, UsageError, WsbridgeError
+from .paths import EMULATOR_PORT, emulator_state_dir
+from .settings import ENV_ACCESS_KEY, ENV_PROJECT, ENV_SERVER, ConnectionSettings
+
+__all__ = ["exit_status", "main"]
+
+# Remote exit codes outside what a process can return (negative ones, as
+# the platform sends for a command killed without a status, or above 255)
+# become this, so that a failure never reads as success.
+EXIT_UNREPRESENTABLE = 1
+
+# Signals that end a running command cleanly, closing its websocket.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_EPILOG = f"""\
+environment:
+  {ENV_SERVER}      server URL (flags override it)
+  {ENV_PROJECT}     project id (default: default)
+  {ENV_ACCESS_KEY}  the access key itself
+
+exit status: the remote exit code; 255 for connection, authentication and
+protocol failures; 2 for usage errors; 130 after Ctrl-C.
+"""
+
+
+def exit_status(remote_code: int) -> int:
+    """Map a remote exit code to one this process can exit with."""
+    if 0 <= remote_code <= 255:
+        return remote_code
+    return EXIT_UNREPRESENTABLE
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """Build the addressing and authentication options shared by commands."""
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("server and authentication")
+    group.add_argument(
+        "--server",
+        metavar="URL",
+        help=f"platform address: host[:port], https://, wss://, http:// or ws:// "
+        f"(env {ENV_SERVER}; default: the local emulator)",
+    )
+    group.add_argument(
+        "--project",
+        metavar="ID",
+        help=f"project id, used as namespace loft-p-ID (env {ENV_PROJECT}; "
+        "default: default)",
+    )
+    group.add_argument(
+        "--access-key-file",
+        metavar="FILE",
+        type=Path,
+        help=f"read the access key from FILE (else env {ENV_ACCESS_KEY})",
+    )
+    group.add_argument(
+        "--auth",
+        choices=[mode.value for mode in AuthMode],
+        default=AuthMode.HEADER.value,
+        help="send the key as 'Authorization: Bearer' (header, default) or as "
+        "the loft_access_key cookie",
+    )
+    group.add_argument(
+        "--ca-file", metavar="FILE", type=Path, help="also trust this CA bundle"
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's TLS certificate (prints a warning)",
+    )
+    _add_verbosity(parent)
+    return parent
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """Add -v (connection story) and -vv (frames) to ``parser``."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the connection to stderr; twice for every frame",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of every command."""
+    parser = _Parser(
+        prog="wsbridge",
+        description="Reach DevPod.Pro workspaces through their command "
+        "websockets.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    connection = _connection_options()
+
+    proxy = commands.add_parser(
+        "proxy",
+        parents=[connection],
+        help="connect stdin/stdout to a workspace's SSH (for ProxyCommand)",
+        description="Connect stdin and stdout to the workspace's SSH server, "
+        "for OpenSSH's ProxyCommand: ProxyCommand wsbridge proxy %%n",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    proxy.add_argument("workspace", metavar="WORKSPACE")
+    proxy.set_defaults(handler=_proxy)
+
+    _add_emulator_parser(commands)
+    return parser
+
+
+def _add_emulator_parser(commands: Any) -> None:
+    """Add the ``emulator`` command and its options."""
+    emulator = commands.add_parser(
+        "emulator",
+        help="run a local stand-in for the platform",
+        description="Serve the platform's workspace websockets locally, backed "
+        "by an embedded SSH server or an existing one (--ssh-upstream).",
+    )
+    emulator.add_argument(
+        "--port",
+        type=int,
+        default=EMULATOR_PORT,
+        help=f"port to listen on; 0 picks a free one (default {EMULATOR_PORT})",
+    )
+    emulator.add_argument(
+        "--bind", default="127.0.0.1", help="address to listen on (default "
+        "127.0.0.1)"
+    )
+    emulator.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keys, workspaces and ssh_config live here (default: the user "
+        "state directory)",
+    )
+    emulator.add_argument(
+        "--access-key-file",
+        type=Path,
+        help="the key clients must present; created (mode 0600, random) if "
+        "missing (default: STATE_DIR/access_key)",
+    )
+    emulator.add_argument(
+        "--workspace",
+        dest="workspaces",
+        action="append",
+        metavar="NAME",
+        help="a workspace to serve; repeatable (default: demo)",
+    )
+    emulator.add_argument(
+        "--ssh-upstream",
+        metavar="HOST:PORT",
+        help="splice the ssh action to this SSH server instead of the "
+        "embedded one",
+    )
+    emulator.add_argument("--tls-cert", type=Path, help="serve wss:// with this "
+                          "certificate chain (PEM)")
+    emulator.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
+    mode = emulator.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--detach",
+        action="store_true",
+        help="start in the background and return once it listens",
+    )
+    mode.add_argument(
+        "--stop", action="store_true", help="stop a background emulator"
+    )
+    _add_verbosity(emulator)
+    emulator.set_defaults(handler=_emulator)
+
+
+# Command handlers: each turns parsed arguments into one library call.
+
+
+def _settings(args: argparse.Namespace) -> ConnectionSettings:
+    """Collect the connection options of ``args``."""
+    return ConnectionSettings(
+        server=args.server,
+        project=args.project,
+        access_key_file=args.access_key_file,
+        auth=AuthMode(args.auth),
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+    )
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    """Run ``wsbridge proxy``."""
+    from .bridges.stdio import run_proxy
+
+    endpoint = _settings(args).resolve()
+    return exit_status(_run(run_proxy(endpoint, args.workspace)))
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    """Run ``wsbridge emulator``."""
+    from . import emulator
+
+    settings = emulator.EmulatorSettings(
+        state_dir=args.state_dir or emulator_state_dir(),
+        bind=args.bind,
+        port=args.port,
+        access_key_file=args.access_key_file,
+        workspaces=args.workspaces or ["demo"],
+        ssh_upstream=_host_port(args.ssh_upstream) if args.ssh_upstream else None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.stop:
+        stopped = emulator.stop_detached(settings.state_dir)
+        print("emulator stopped" if stopped else "no emulator was running")
+        return 0
+    if args.detach:
+        argv = [sys.executable, "-m", "wsbridge", *_without(sys.argv[1:], "--detach")]
+        url = emulator.start_detached(settings, argv)
+        print(f"wsbridge emulator listening on {url}")
+        print(f"try: ssh -F {settings.state_dir / 'ssh_config'} demo 'echo hello'")
+        return 0
+
+    def announce(url: str) -> None:
+        print(f"wsbridge emulator listening on {url}", flush=True)
+
+    _run(emulator.run_emulator(settings, announce))
+    return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (IPv6 hosts in brackets)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _without(argv: Sequence[str], flag: str) -> list[str]:
+    """Return ``argv`` without ``flag``."""
+    return [arg for arg in argv if arg != flag]
+
+
+# Running coroutines with clean signal handling.
+
+
+def _run(coroutine: Coroutine[Any, Any, int | None]) -> int:
+    """Run ``coroutine``; a stop signal cancels it and exits 128+signal.
+
+    Cancelling (rather than dying on the signal) lets every ``finally`` run,
+    so websockets close with 1000 and the terminal gets its flags back.
+    """
+    received: list[int] = []
+
+    async def supervise() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await coroutine or 0
+        except asyncio.CancelledError:
+            if received:
+                return 128 + received[0]
+            raise
+        finally:
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(supervise())
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Send wsbridge's log to stderr at the level -v asks for."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("wsbridge: %(message)s"))
+    root = logging.getLogger("wsbridge")
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    # The wire logger would show the handshake headers, and with them the
+    # access key: it never goes below INFO.
+    logging.getLogger("wsbridge.wire").setLevel(max(level, logging.INFO))
+    logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        _configure_logging(args.verbose)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except WsbridgeError as exc:
+        print(f"wsbridge: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Our own stdout went away (``wsbridge ... | head``): exit as a
+        # process killed by SIGPIPE would.
+        return 128 + signal.SIGPIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
