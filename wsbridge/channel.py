@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -334,8 +336,12 @@ def _handshake_error(
         return ConnectionFailed(
             f"timed out after {OPEN_TIMEOUT:.0f} s connecting to {host}"
         )
+    if isinstance(exc, socket.gaierror):
+        return ConnectionFailed(f"cannot resolve {host}: {exc.strerror}")
     if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        # asyncio words refusals as "Connect call failed (...)"; the errno's
+        # own text reads better.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         return ConnectionFailed(f"cannot connect to {host}: {reason}")
     if isinstance(exc, InvalidURI):
         return ConnectionFailed(f"invalid server URL for {host}: {exc}")
