@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .emulator import Emulator, TLSFiles, start_emulator
+from .emulator import Emulator, EmulatorFactory, TLSFiles, start_emulator
 from .openssh import OpenSSH
 from .sshd import Sshd, generate_key, start_sshd
 
@@ -42,9 +42,6 @@ def sshd(tmp_path_factory: pytest.TempPathFactory, user_key: Path) -> Iterator[S
     server.authorize(Path(f"{user_key}.pub"))
     yield server
     server.stop()
-
-
-EmulatorFactory = Callable[..., Emulator]
 
 
 @pytest.fixture

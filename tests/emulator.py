@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,11 @@ class Emulator:
         return self.process.stop()
 
 
+# What the ``emulator_factory`` fixture yields: keyword options in, a running
+# emulator out.
+EmulatorFactory = Callable[..., Emulator]
+
+
 def write_access_key(path: Path, key: str | None = None) -> Path:
     """Write ``key`` (a fresh random one if omitted) to ``path``, mode 0600."""
     path.touch(mode=0o600)
@@ -97,7 +102,7 @@ def start_emulator(
     if tls is not None:
         argv += ["--tls-cert", tls.cert, "--tls-key", tls.key]
 
-    process = ServerProcess("emulator", argv, env=dict(os.environ))
+    process = ServerProcess("emulator", argv)
     try:
         first_line = process.stdout.wait_for_first_line(START_TIMEOUT)
         listening = _LISTENING.fullmatch(first_line)

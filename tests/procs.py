@@ -39,6 +39,25 @@ def scaled(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
+def run_command(
+    argv: Sequence[str | Path],
+    timeout: float,
+    *,
+    stdin: int | IO[bytes] = subprocess.DEVNULL,
+    stdout: int | IO[bytes] = subprocess.PIPE,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to completion within ``timeout``, capturing its stderr."""
+    return subprocess.run(
+        [str(arg) for arg in argv],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=scaled(timeout),
+    )
+
+
 class ProcessFailed(RuntimeError):
     """A helper process died or stayed silent instead of becoming ready."""
 

@@ -7,7 +7,6 @@ that wsbridge is compared with).
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -114,9 +113,7 @@ def start_sshd(directory: Path) -> Sshd:
     for _ in range(START_ATTEMPTS):
         port = free_port()
         config = _write_config(directory, port, host_key)
-        process = ServerProcess(
-            f"sshd:{port}", [SSHD, "-D", "-e", "-f", config], env=dict(os.environ)
-        )
+        process = ServerProcess(f"sshd:{port}", [SSHD, "-D", "-e", "-f", config])
         try:
             process.stderr.wait_for(_LISTENING, START_TIMEOUT)
         except ProcessFailed as exc:
