@@ -69,6 +69,7 @@ CLOSE_TIMEOUT = 2.0
 # Messages websockets may queue before it stops reading from the socket:
 # with 32 KiB messages this bounds what one channel buffers to about 0.5 MiB.
 RECEIVE_QUEUE = 16
+SEND_BUFFER = 512 * 1024
 
 # Payload bytes shown per frame in debug logs.
 DEBUG_PAYLOAD_BYTES = 32
@@ -157,6 +158,7 @@ class Channel:
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=protocol.RECEIVE_LIMIT,
                 max_queue=RECEIVE_QUEUE,
+                write_limit=SEND_BUFFER,
                 logger=wire_logger,
             )
         except Exception as exc:

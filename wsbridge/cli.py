@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -18,9 +19,18 @@ from typing import Any
 
 from . import __version__
 from .endpoint import AuthMode
-from .errors import EXIT_INTERRUPTED, UsageError, WsbridgeError
+from .errors import EXIT_INTERRUPTED, ConfigError, UsageError, WsbridgeError
+from .lifecycle import build_options, print_status, run_action
 from .paths import EMULATOR_PORT, emulator_state_dir
-from .settings import ENV_ACCESS_KEY, ENV_PROJECT, ENV_SERVER, ConnectionSettings
+from .profiles import DEFAULT_PROFILE, ProfileStore
+from .render import LogView, OutputMode
+from .settings import (
+    ENV_ACCESS_KEY,
+    ENV_PROFILE,
+    ENV_PROJECT,
+    ENV_SERVER,
+    ConnectionSettings,
+)
 
 __all__ = ["exit_status", "main"]
 
@@ -33,9 +43,10 @@ EXIT_UNREPRESENTABLE = 1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _EPILOG = f"""\
-environment:
-  {ENV_SERVER}      server URL (flags override it)
-  {ENV_PROJECT}     project id (default: default)
+environment (flags override it; it overrides the saved profile):
+  {ENV_PROFILE}     saved login to use
+  {ENV_SERVER}      server URL
+  {ENV_PROJECT}     project id
   {ENV_ACCESS_KEY}  the access key itself
 
 exit status: the remote exit code; 255 for connection, authentication and
@@ -57,9 +68,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _connection_options() -> argparse.ArgumentParser:
+def _connection_options() -> _Parser:
     """Build the addressing and authentication options shared by commands."""
-    parent = _Parser(add_help=False)
+    parent = _Parser(add_help=False, parents=[_profile_option()])
     group = parent.add_argument_group("server and authentication")
     group.add_argument(
         "--server",
@@ -82,7 +93,6 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--auth",
         choices=[mode.value for mode in AuthMode],
-        default=AuthMode.HEADER.value,
         help="send the key as 'Authorization: Bearer' (header, default) or as "
         "the loft_access_key cookie",
     )
@@ -132,11 +142,86 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    proxy.add_argument(
+        "--no-start",
+        dest="start",
+        action="store_false",
+        help="do not start a stopped workspace (by default it is started, "
+        "with its log on stderr)",
+    )
     proxy.add_argument("workspace", metavar="WORKSPACE")
     proxy.set_defaults(handler=_proxy)
 
+    for action, summary in _LIFECYCLE.items():
+        command = commands.add_parser(
+            action,
+            parents=[connection],
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}.",
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument(
+            "--option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="set one key of the options object; VALUE is JSON if it "
+            "parses, else a string (repeatable)",
+        )
+        command.add_argument(
+            "--options", metavar="JSON", help="the whole options object as JSON"
+        )
+        command.add_argument(
+            "--debug", action="store_true", help="ask the platform for debug logs"
+        )
+        command.add_argument(
+            "--json",
+            action="store_true",
+            help="print the status object as received"
+            if action == "status"
+            else "print the received log lines unchanged, one per line",
+        )
+        command.add_argument("workspace", metavar="WORKSPACE")
+        command.set_defaults(handler=_lifecycle, action=action)
+
+    login = commands.add_parser(
+        "login",
+        parents=[connection],
+        help="check an access key and save it as a profile",
+        description="Check an access key against --server and save server, "
+        "project, auth mode and key as a profile. The key comes from "
+        "--access-key-file (- for stdin), or WSBRIDGE_ACCESS_KEY, or a hidden "
+        "prompt on a terminal.",
+    )
+    login.set_defaults(handler=_login)
+    logout = commands.add_parser(
+        "logout", help="forget a saved profile", parents=[_profile_option()]
+    )
+    _add_verbosity(logout)
+    logout.set_defaults(handler=_logout)
+
     _add_emulator_parser(commands)
     return parser
+
+
+def _profile_option() -> _Parser:
+    """Build the --profile option."""
+    parent = _Parser(add_help=False)
+    parent.add_argument(
+        "--profile",
+        metavar="NAME",
+        help=f"saved login to use (env {ENV_PROFILE}; default: {DEFAULT_PROFILE})",
+    )
+    return parent
+
+
+_LIFECYCLE = {
+    "up": "start (or create) a workspace, streaming its log",
+    "stop": "stop a workspace",
+    "status": "print a workspace's state: Running, Busy, Stopped or NotFound",
+    "delete": "delete a workspace",
+}
 
 
 def _add_emulator_parser(commands: Any) -> None:
@@ -207,10 +292,31 @@ def _settings(args: argparse.Namespace) -> ConnectionSettings:
         server=args.server,
         project=args.project,
         access_key_file=args.access_key_file,
-        auth=AuthMode(args.auth),
+        auth=AuthMode(args.auth) if args.auth else None,
         ca_file=args.ca_file,
         insecure=args.insecure,
+        profile=args.profile,
     )
+
+
+def _login(args: argparse.Namespace) -> int:
+    """Run ``wsbridge login``."""
+    from .login import login, read_key_for_login
+
+    key = read_key_for_login(args.access_key_file)
+    name = args.profile or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE
+    print(_run_value(login(_settings(args), name, key)))
+    return 0
+
+
+def _logout(args: argparse.Namespace) -> int:
+    """Run ``wsbridge logout``."""
+    name = args.profile or os.environ.get(ENV_PROFILE) or DEFAULT_PROFILE
+    store = ProfileStore()
+    if not store.remove(name):
+        raise ConfigError(f"no saved profile named {name!r}")
+    print(f"removed profile {name!r} from {store.path}")
+    return 0
 
 
 def _proxy(args: argparse.Namespace) -> int:
@@ -218,7 +324,54 @@ def _proxy(args: argparse.Namespace) -> int:
     from .bridges.stdio import run_proxy
 
     endpoint = _settings(args).resolve()
-    return exit_status(_run(run_proxy(endpoint, args.workspace)))
+    # Everything but the SSH stream goes to stderr, auto-start log included.
+    view = (
+        LogView(
+            OutputMode.for_stream(sys.stderr),
+            verbose=args.verbose > 0,
+            stdout=sys.stderr,
+        )
+        if args.start
+        else None
+    )
+    return exit_status(_run(run_proxy(endpoint, args.workspace, view=view)))
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    """Run ``wsbridge up|stop|status|delete``."""
+    endpoint = _settings(args).resolve()
+    options = build_options(args.option, args.options)
+    if args.action == "status":
+        view = LogView(OutputMode.for_stream(sys.stderr), verbose=args.verbose > 0)
+        return exit_status(
+            _run(
+                print_status(
+                    endpoint,
+                    args.workspace,
+                    view,
+                    sys.stdout,
+                    json_output=args.json,
+                    options=options or None,
+                    debug=args.debug,
+                )
+            )
+        )
+    mode = OutputMode.for_stream(sys.stdout, json_output=args.json)
+    view = LogView(mode, verbose=args.verbose > 0)
+
+    async def run() -> int:
+        async with view.running():
+            return await run_action(
+                endpoint,
+                args.workspace,
+                args.action,
+                stdout=view.sink(view.stdout),
+                stderr=view.sink(view.stderr),
+                options=options or None,
+                debug=args.debug,
+            )
+
+    return exit_status(_run(run()))
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -270,6 +423,20 @@ def _without(argv: Sequence[str], flag: str) -> list[str]:
 
 
 # Running coroutines with clean signal handling.
+
+
+def _run_value(coroutine: Coroutine[Any, Any, str]) -> str:
+    """Run a coroutine that returns text, with Ctrl-C handled as usual."""
+    result: list[str] = []
+
+    async def keep() -> int:
+        result.append(await coroutine)
+        return 0
+
+    status = _run(keep())
+    if not result:
+        raise SystemExit(status)
+    return result[0]
 
 
 def _run(coroutine: Coroutine[Any, Any, int | None]) -> int:

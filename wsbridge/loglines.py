@@ -32,7 +32,7 @@ class LineAssembler:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
 
-    def feed(self, data: bytes | memoryview) -> list[str]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
         """Take the next bytes; return the lines they complete."""
         text = self._partial + self._decoder.decode(bytes(data))
         *lines, self._partial = text.split("\n")

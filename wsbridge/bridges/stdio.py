@@ -20,17 +20,25 @@ import fcntl
 import os
 import select
 import stat
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
-from ..channel import ByteSink, ByteSource, Channel
+from ..channel import ByteSink, ByteSource
 from ..endpoint import Endpoint
+from ..lifecycle import connect_with_autostart
+from ..render import LogView
 
 __all__ = ["FileSink", "FileSource", "open_stdio", "run_proxy"]
 
 # How much the stdin reader buffers before it stops reading the pipe; the
 # StreamReader pauses its transport at twice this.
 STDIN_BUFFER = 64 * 1024
+
+# The kernel buffer asked for on stdin and stdout pipes: Linux's default
+# ceiling for unprivileged processes (fs.pipe-max-size).
+PIPE_BUFFER = 1024 * 1024
+
+# F_SETPIPE_SZ is Linux-only; Python exposes it from 3.10 on Linux.
+_F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
 
 
 class FileSource:
@@ -74,6 +82,19 @@ class FileSink:
 
     def write_eof(self) -> None:
         """Do nothing; see ``can_write_eof``."""
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow a pipe's kernel buffer so each wake-up moves more bytes.
+
+    A pipe holds 64 KiB by default; at that size the reader and writer
+    take turns waking each other and the copy rate halves. Linux lets an
+    unprivileged process grow it to ``/proc/sys/fs/pipe-max-size``.
+    """
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode) or _F_SETPIPE_SZ is None:
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BUFFER)
 
 
 def _pollable(fd: int) -> bool:
@@ -120,18 +141,20 @@ async def open_stdio(
         if not _is_open(stdin_fd):
             source = _EmptySource()
         elif _pollable(stdin_fd):
+            _widen_pipe(stdin_fd)
             reader = asyncio.StreamReader(limit=STDIN_BUFFER)
             read_pipe = os.fdopen(os.dup(stdin_fd), "rb", buffering=0)
-            transport, _ = await loop.connect_read_pipe(
+            read_transport, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), read_pipe
             )
-            transports.append(transport)
+            transports.append(read_transport)
             source = reader
         else:
             source = FileSource(stdin_fd)
 
         sink: ByteSink
         if _pollable(stdout_fd):
+            _widen_pipe(stdout_fd)
             # StreamReaderProtocol brings the flow control and close waiter
             # that StreamWriter.drain and wait_closed rely on.
             write_protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())
@@ -163,13 +186,16 @@ async def open_stdio(
 
 
 async def run_proxy(
-    endpoint: Endpoint, workspace: str, options: Mapping[str, Any] | None = None
+    endpoint: Endpoint, workspace: str, *, view: LogView | None = None
 ) -> int:
     """Connect stdin and stdout to the workspace's ``ssh`` stream.
 
     Nothing but the stream's own bytes is written to stdout; platform
-    diagnostics go to stderr. Returns the remote exit code.
+    diagnostics go to stderr. With a ``view`` (whose streams must both be
+    stderr), a stopped workspace is started first. Returns the remote exit
+    code.
     """
-    channel = await Channel.open(endpoint, workspace, "ssh", options)
-    async with channel, open_stdio() as (stdin, stdout, stderr):
-        return await channel.run(stdin, stdout, stderr)
+    async with open_stdio() as (stdin, stdout, stderr):
+        return await connect_with_autostart(
+            endpoint, workspace, stdin, stdout, stderr, view=view
+        )
