@@ -74,6 +74,10 @@ SEND_BUFFER = 512 * 1024
 # Payload bytes shown per frame in debug logs.
 DEBUG_PAYLOAD_BYTES = 32
 
+# OpenSSL verify codes that mean "issued by a CA you do not trust", the
+# cases --ca-file fixes (X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT and friends).
+_UNKNOWN_ISSUER_CODES = frozenset({2, 18, 19, 20, 21})
+
 logger = logging.getLogger("wsbridge.channel")
 
 # websockets' own logger shows request headers at DEBUG, and those carry the
@@ -328,9 +332,14 @@ def _handshake_error(
             status,
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = (
+            " (use --ca-file to trust its CA)"
+            if exc.verify_code in _UNKNOWN_ISSUER_CODES
+            else ""
+        )
         return TLSFailed(
             f"TLS certificate of {host} could not be verified: "
-            f"{exc.verify_message} (use --ca-file to trust its CA)"
+            f"{exc.verify_message}{hint}"
         )
     if isinstance(exc, ssl.SSLError):
         return TLSFailed(f"TLS handshake with {host} failed: {exc.reason or exc}")

@@ -152,6 +152,47 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("workspace", metavar="WORKSPACE")
     proxy.set_defaults(handler=_proxy)
 
+    for name, summary in _REMOTE.items():
+        remote = commands.add_parser(
+            name,
+            parents=[connection],
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}, with wsbridge's own "
+            "SSH client. Keys: -i files, then the ssh agent, then ~/.ssh/id_*.",
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        remote.add_argument(
+            "-l", "--login", metavar="USER", help="remote user (default: yours)"
+        )
+        remote.add_argument(
+            "-i",
+            "--identity",
+            metavar="KEYFILE",
+            type=Path,
+            action="append",
+            default=[],
+            help="private key to try first (repeatable)",
+        )
+        remote.add_argument(
+            "--strict",
+            action="store_true",
+            help="refuse a host key not seen before (default: record it)",
+        )
+        remote.add_argument(
+            "--no-start", dest="start", action="store_false",
+            help="do not start a stopped workspace",
+        )
+        remote.add_argument("workspace", metavar="WORKSPACE")
+        remote.add_argument(
+            "command",
+            nargs=argparse.REMAINDER,
+            metavar="-- COMMAND",
+            help="the command to run"
+            + (" (default: a login shell)" if name == "shell" else ""),
+        )
+        remote.set_defaults(handler=_remote, handler_name=name)
+
     for action, summary in _LIFECYCLE.items():
         command = commands.add_parser(
             action,
@@ -215,6 +256,11 @@ def _profile_option() -> _Parser:
     )
     return parent
 
+
+_REMOTE = {
+    "shell": "open an interactive shell (or run a command) in a workspace",
+    "exec": "run one command in a workspace, without a terminal",
+}
 
 _LIFECYCLE = {
     "up": "start (or create) a workspace, streaming its log",
@@ -335,6 +381,38 @@ def _proxy(args: argparse.Namespace) -> int:
         else None
     )
     return exit_status(_run(run_proxy(endpoint, args.workspace, view=view)))
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """Run ``wsbridge shell`` or ``wsbridge exec``."""
+    from .bridges.ssh import run_command
+
+    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    # Joined with spaces, as ssh joins its command words.
+    command = " ".join(words) or None
+    if args.handler_name == "exec" and command is None:
+        raise UsageError("exec needs a command: wsbridge exec WORKSPACE -- COMMAND")
+    endpoint = _settings(args).resolve()
+    view = (
+        LogView(OutputMode.for_stream(sys.stderr), stdout=sys.stderr)
+        if args.start
+        else None
+    )
+    pty = args.handler_name == "shell" and sys.stdin.isatty()
+    return exit_status(
+        _run(
+            run_command(
+                endpoint,
+                args.workspace,
+                command,
+                pty=pty,
+                username=args.login,
+                identity_files=args.identity,
+                strict=args.strict,
+                view=view,
+            )
+        )
+    )
 
 
 def _lifecycle(args: argparse.Namespace) -> int:

@@ -14,7 +14,10 @@ each carries the process exit code the CLI uses for it (ssh's convention:
           ├── HandshakeRejected      any other HTTP answer to the upgrade
           ├── ConnectionLost         the session ended without an exit code
           ├── ProtocolViolation      the peer broke the framing contract
-          └── LocalStreamClosed      our own stdout or socket went away
+          ├── LocalStreamClosed      our own stdout or socket went away
+          ├── HostKeyRejected        the workspace's SSH host key is unknown
+          │                          (with --strict) or has changed
+          └── SSHAuthFailed          the workspace's SSH server refused us
 
 Library errors (websockets, asyncssh, OSError) are translated into these at
 the boundary with ``raise ... from exc``, so no traceback reaches a user for
@@ -80,3 +83,11 @@ class ProtocolViolation(ConnectionFailed):
 
 class LocalStreamClosed(ConnectionFailed):
     """The local reader of the output (a pipe, a socket) went away."""
+
+
+class HostKeyRejected(ConnectionFailed):
+    """The workspace's SSH host key changed, or is unknown under --strict."""
+
+
+class SSHAuthFailed(ConnectionFailed):
+    """The workspace's SSH server accepted none of our keys."""

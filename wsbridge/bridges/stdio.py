@@ -98,9 +98,28 @@ def _widen_pipe(fd: int) -> None:
 
 
 def _pollable(fd: int) -> bool:
-    """Tell whether asyncio can watch ``fd`` (pipe, socket or terminal)."""
+    """Tell whether asyncio can watch ``fd`` (pipe, socket or terminal).
+
+    Some character devices, ``/dev/null`` among them, refuse to be polled;
+    a throwaway registration finds out before asyncio trips over it.
+    """
     mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return True
+    return stat.S_ISCHR(mode) and _epoll_accepts(fd)
+
+
+def _epoll_accepts(fd: int) -> bool:
+    """Tell whether epoll (asyncio's selector on Linux) can watch ``fd``."""
+    epoll_class = getattr(select, "epoll", None)
+    if epoll_class is None:
+        return True
+    with epoll_class() as epoll:
+        try:
+            epoll.register(fd, select.EPOLLIN)
+        except PermissionError:
+            return False
+    return True
 
 
 def _is_open(fd: int) -> bool:
