@@ -10,10 +10,14 @@ websockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +31,7 @@ from .errors import (
     WorkspaceNotFound,
 )
 
-__all__ = ["list_workspaces"]
+__all__ = ["Probe", "list_workspaces", "probe"]
 
 # A list is small; a server that takes longer than this is not answering.
 REQUEST_TIMEOUT = 20.0
@@ -39,15 +43,28 @@ _WORKSPACES_PATH = (
 )
 
 
-async def list_workspaces(endpoint: Endpoint) -> list[str]:
-    """Return the names of the project's workspaces.
+@dataclass(frozen=True)
+class Probe:
+    """What one workspace-list request tells about the server."""
+
+    workspaces: list[str]
+    server_time: datetime | None
+
+
+async def probe(endpoint: Endpoint) -> Probe:
+    """List the project's workspaces and note the server's clock.
 
     Raises:
         AuthRejected: the server refused the access key.
         WorkspaceNotFound: the project does not exist (404).
         TLSFailed, ConnectionFailed: the server could not be reached.
     """
-    return await asyncio.to_thread(_list_workspaces, endpoint)
+    return await asyncio.to_thread(_probe, endpoint)
+
+
+async def list_workspaces(endpoint: Endpoint) -> list[str]:
+    """Return the names of the project's workspaces (see ``probe``)."""
+    return (await probe(endpoint)).workspaces
 
 
 def _http_url(endpoint: Endpoint) -> str:
@@ -58,7 +75,7 @@ def _http_url(endpoint: Endpoint) -> str:
     return f"{http_scheme}://{rest}{path}"
 
 
-def _list_workspaces(endpoint: Endpoint) -> list[str]:
+def _probe(endpoint: Endpoint) -> Probe:
     """Fetch and parse the workspace list (blocking)."""
     request = urllib.request.Request(
         _http_url(endpoint),
@@ -71,6 +88,7 @@ def _list_workspaces(endpoint: Endpoint) -> list[str]:
     try:
         with opener.open(request, timeout=REQUEST_TIMEOUT) as response:
             document: Any = json.load(response)
+            date_header = response.headers.get("Date")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise AuthRejected(
@@ -101,8 +119,13 @@ def _list_workspaces(endpoint: Endpoint) -> list[str]:
             f"{host} sent a workspace list that is not JSON"
         ) from exc
     try:
-        return [str(item["metadata"]["name"]) for item in document["items"]]
+        names = [str(item["metadata"]["name"]) for item in document["items"]]
     except (KeyError, TypeError) as exc:
         raise ProtocolViolation(
             f"{host} sent a workspace list without items[].metadata.name"
         ) from exc
+    server_time = None
+    if date_header:
+        with contextlib.suppress(TypeError, ValueError):
+            server_time = parsedate_to_datetime(date_header)
+    return Probe(names, server_time)

@@ -149,8 +149,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not start a stopped workspace (by default it is started, "
         "with its log on stderr)",
     )
+    proxy.add_argument(
+        "--host-suffix",
+        metavar="SUFFIX",
+        help="strip .SUFFIX from WORKSPACE (for ProxyCommand ... %%n with "
+        "Host *.SUFFIX)",
+    )
     proxy.add_argument("workspace", metavar="WORKSPACE")
     proxy.set_defaults(handler=_proxy)
+
+    listen = commands.add_parser(
+        "listen",
+        parents=[connection],
+        help="serve a workspace's SSH on a local TCP port",
+        description="Listen on a local TCP port; every connection gets its own "
+        "websocket to the workspace's SSH server: ssh -p PORT 127.0.0.1",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listen.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address to listen on (default 127.0.0.1; loopback only unless "
+        "--allow-remote)",
+    )
+    listen.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default 0: a free one)"
+    )
+    listen.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --bind that other machines can reach: they reach the "
+        "workspace's SSH with your access key",
+    )
+    listen.add_argument(
+        "--no-start",
+        dest="start",
+        action="store_false",
+        help="do not start a stopped workspace (by default the first connection "
+        "starts it, with its log on stderr)",
+    )
+    listen.add_argument("workspace", metavar="WORKSPACE")
+    listen.set_defaults(handler=_listen)
 
     for name, summary in _REMOTE.items():
         remote = commands.add_parser(
@@ -242,8 +283,67 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(logout)
     logout.set_defaults(handler=_logout)
 
+    config_ssh = commands.add_parser(
+        "config-ssh",
+        parents=[connection],
+        help="make every workspace reachable as WORKSPACE.SUFFIX in ssh",
+        description="Write a block, between marker lines that wsbridge owns, "
+        "into your ssh config so that ssh, scp, rsync and editors reach "
+        "WORKSPACE.SUFFIX through wsbridge proxy.",
+    )
+    _add_ssh_config_options(config_ssh)
+    config_ssh.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add this ssh option to the block (repeatable)",
+    )
+    config_ssh.add_argument(
+        "--user", metavar="USER", help="User for the entries (default: yours)"
+    )
+    config_ssh.add_argument(
+        "--no-wildcard",
+        dest="wildcard",
+        action="store_false",
+        help="one entry per workspace listed by the server, instead of "
+        "Host *.SUFFIX (editors list explicit hosts)",
+    )
+    config_ssh.add_argument(
+        "--dry-run", action="store_true", help="print the change, write nothing"
+    )
+    config_ssh.add_argument(
+        "--remove", action="store_true", help="take the block out again"
+    )
+    config_ssh.set_defaults(handler=_config_ssh)
+
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[connection],
+        help="check the set-up: ssh client, ssh config, profile, server, TLS",
+    )
+    _add_ssh_config_options(doctor)
+    doctor.set_defaults(handler=_doctor)
+
     _add_emulator_parser(commands)
     return parser
+
+
+def _add_ssh_config_options(parser: argparse.ArgumentParser) -> None:
+    """Add --ssh-config and --host-suffix."""
+    parser.add_argument(
+        "--ssh-config",
+        type=Path,
+        default=Path("~/.ssh/config").expanduser(),
+        metavar="PATH",
+        help="the ssh config file (default: ~/.ssh/config)",
+    )
+    parser.add_argument(
+        "--host-suffix",
+        default="devpod",
+        metavar="SUFFIX",
+        help="workspaces are reached as WORKSPACE.SUFFIX (default: devpod)",
+    )
 
 
 def _profile_option() -> _Parser:
@@ -380,7 +480,10 @@ def _proxy(args: argparse.Namespace) -> int:
         if args.start
         else None
     )
-    return exit_status(_run(run_proxy(endpoint, args.workspace, view=view)))
+    workspace = args.workspace
+    if args.host_suffix:
+        workspace = workspace.removesuffix(f".{args.host_suffix}")
+    return exit_status(_run(run_proxy(endpoint, workspace, view=view)))
 
 
 def _remote(args: argparse.Namespace) -> int:
@@ -413,6 +516,72 @@ def _remote(args: argparse.Namespace) -> int:
             )
         )
     )
+
+
+def _listen(args: argparse.Namespace) -> int:
+    """Run ``wsbridge listen``."""
+    from .bridges.tcp import format_address, serve_tcp
+
+    endpoint = _settings(args).resolve()
+
+    def announce(host: str, port: int) -> None:
+        where = format_address(host, port)
+        print(f"wsbridge listening on {where} (workspace {args.workspace})", flush=True)
+
+    return _run(
+        serve_tcp(
+            endpoint,
+            args.workspace,
+            bind=args.bind,
+            port=args.port,
+            allow_remote=args.allow_remote,
+            autostart=args.start,
+            verbose=args.verbose > 0,
+            on_ready=announce,
+        )
+    )
+
+
+def _config_ssh(args: argparse.Namespace) -> int:
+    """Run ``wsbridge config-ssh``."""
+    from .sshconfig import configure
+
+    extra: list[tuple[str, str]] = []
+    for pair in args.ssh_option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--ssh-option expects KEY=VALUE, got {pair!r}")
+        extra.append((key, value))
+
+    async def run() -> int:
+        messages = await configure(
+            _settings(args),
+            args.ssh_config,
+            host_suffix=args.host_suffix,
+            extra_options=extra,
+            wildcard=args.wildcard,
+            user=args.user,
+            dry_run=args.dry_run,
+            remove=args.remove,
+        )
+        print("\n".join(messages))
+        return 0
+
+    return _run(run())
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Run ``wsbridge doctor``."""
+    from .doctor import Verdict, run_checks
+
+    async def run() -> int:
+        checks = await run_checks(_settings(args), args.ssh_config, args.host_suffix)
+        for check in checks:
+            print(check, flush=True)
+        failed = any(check.verdict is Verdict.FAIL for check in checks)
+        return 1 if failed else 0
+
+    return _run(run())
 
 
 def _lifecycle(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from .endpoint import (
     read_access_key_file,
 )
 from .errors import ConfigError, UsageError
-from .paths import EMULATOR_PORT, emulator_state_dir
+from .paths import EMULATOR_URL, emulator_state_dir
 from .profiles import DEFAULT_PROFILE, Profile, ProfileStore
 
 __all__ = [
@@ -108,7 +108,7 @@ class ConnectionSettings:
                 profile_key=profile.access_key if same_server and profile else None,
             )
         else:
-            server = f"ws://127.0.0.1:{EMULATOR_PORT}"
+            server = EMULATOR_URL
             access_key = self._access_key(
                 environ, emulator_key=emulator_state_dir() / "access_key"
             )

@@ -35,7 +35,7 @@ from ..errors import (
     SSHAuthFailed,
 )
 from ..lifecycle import connect_with_autostart
-from ..paths import EMULATOR_PORT, emulator_state_dir, state_dir
+from ..paths import emulator_client_key, state_dir
 from ..render import LogView
 from .stdio import FileSink, open_stdio
 from .terminal import EscapeFilter, raw_terminal, terminal_size
@@ -182,10 +182,9 @@ async def _client_keys(
             logger.info("ssh agent unavailable: %s", exc)
 
     defaults = [Path.home() / ".ssh" / name for name in DEFAULT_KEY_NAMES]
-    if endpoint.server == f"ws://127.0.0.1:{EMULATOR_PORT}":
-        # The local emulator authorises a key of its own; trying it makes
-        # the out-of-the-box demo work without touching ~/.ssh.
-        defaults.append(emulator_state_dir() / "client_key")
+    emulator_key = emulator_client_key(endpoint.server)
+    if emulator_key is not None:
+        defaults.append(emulator_key)
     for path in defaults:
         with contextlib.suppress(OSError, asyncssh.KeyImportError, ValueError):
             keys.extend(asyncssh.load_keypairs(str(path), ignore_encrypted=True))
