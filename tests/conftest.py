@@ -54,10 +54,15 @@ def emulator_factory(tmp_path: Path, user_key: Path) -> Iterator[EmulatorFactory
         workspaces: tuple[str, ...] = (),
         ssh_upstream: str | None = None,
         tls: TLSFiles | None = None,
+        lifecycle_delay: float | None = None,
     ) -> Emulator:
         state_dir = tmp_path / f"emulator-{len(started)}" / "state"
         emulator = start_emulator(
-            state_dir, workspaces=workspaces, ssh_upstream=ssh_upstream, tls=tls
+            state_dir,
+            workspaces=workspaces,
+            ssh_upstream=ssh_upstream,
+            tls=tls,
+            lifecycle_delay=lifecycle_delay,
         )
         started.append(emulator)
         if ssh_upstream is None:

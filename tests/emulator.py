@@ -83,17 +83,23 @@ def start_emulator(
     state_dir: Path,
     *,
     access_key_file: Path | None = None,
+    port: int = 0,
     workspaces: tuple[str, ...] = (),
     ssh_upstream: str | None = None,
     tls: TLSFiles | None = None,
+    lifecycle_delay: float | None = None,
 ) -> Emulator:
-    """Start ``python -m wsbridge emulator`` and wait for its listening line."""
+    """Start ``python -m wsbridge emulator`` and wait for its listening line.
+
+    ``port`` 0 picks a free port; a fixed one lets a restarted emulator keep
+    the address clients know it by.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     if access_key_file is None:
         access_key_file = write_access_key(state_dir.parent / "access-key")
 
     argv: list[str | Path] = [sys.executable, "-m", "wsbridge", "emulator"]
-    argv += ["--port", "0", "--bind", "127.0.0.1"]
+    argv += ["--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--state-dir", state_dir, "--access-key-file", access_key_file]
     for workspace in workspaces:
         argv += ["--workspace", workspace]
@@ -101,6 +107,8 @@ def start_emulator(
         argv += ["--ssh-upstream", ssh_upstream]
     if tls is not None:
         argv += ["--tls-cert", tls.cert, "--tls-key", tls.key]
+    if lifecycle_delay is not None:
+        argv += ["--lifecycle-delay", str(lifecycle_delay)]
 
     process = ServerProcess("emulator", argv)
     try:

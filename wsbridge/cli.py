@@ -405,13 +405,28 @@ def _add_emulator_parser(commands: Any) -> None:
         dest="workspaces",
         action="append",
         metavar="NAME",
-        help="a workspace to serve; repeatable (default: demo)",
+        help="a workspace to serve, created Running on first start (afterwards "
+        "its saved state wins); repeatable (default: demo)",
     )
     emulator.add_argument(
         "--ssh-upstream",
         metavar="HOST:PORT",
         help="splice the ssh action to this SSH server instead of the "
         "embedded one",
+    )
+    emulator.add_argument(
+        "--lifecycle-delay",
+        type=float,
+        metavar="SECONDS",
+        help="how long up and stop take, streaming their log (default 2.5)",
+    )
+    emulator.add_argument(
+        "--status-action",
+        dest="status_actions",
+        action="append",
+        metavar="NAME",
+        help="serve only this status action name, get-status or getstatus "
+        "(repeatable; default: both)",
     )
     emulator.add_argument("--tls-cert", type=Path, help="serve wss:// with this "
                           "certificate chain (PEM)")
@@ -604,7 +619,10 @@ def _lifecycle(args: argparse.Namespace) -> int:
             )
         )
     mode = OutputMode.for_stream(sys.stdout, json_output=args.json)
-    view = LogView(mode, verbose=args.verbose > 0)
+    # The title is the progress line's step until the log names one.
+    view = LogView(
+        mode, verbose=args.verbose > 0, title=f"{args.action} {args.workspace}"
+    )
 
     async def run() -> int:
         async with view.running():
@@ -635,6 +653,10 @@ def _emulator(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
+    if args.lifecycle_delay is not None:
+        settings.lifecycle_delay = args.lifecycle_delay
+    if args.status_actions:
+        settings.status_actions = tuple(args.status_actions)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if args.stop:

@@ -1,8 +1,11 @@
 """A local stand-in for the DevPod.Pro platform, for trying and testing wsbridge.
 
 It serves the workspace command protocol of PROTOCOL.md: lifecycle actions
-that report without doing, and an ``ssh`` action backed by an embedded SSH
-server (or a splice to a real one). Typical use from the CLI::
+that move each workspace between the platform's states (kept in the state
+directory across restarts) while streaming DevPod-style log lines, a status
+action under both of its names, the workspace list, and an ``ssh`` action
+backed by an embedded SSH server (or a splice to a real one). Typical use
+from the CLI::
 
     settings = EmulatorSettings(state_dir=default_state_dir(), port=0)
     await run_emulator(settings, on_ready=lambda url: print(url))

@@ -1,10 +1,16 @@
 """The emulator's websocket server: routes, access key, one session per socket.
 
-It answers the URL layout of PROTOCOL.md for any project id. The HTTP
-upgrade is refused with 401 without a valid access key and with 404 for an
-unknown path, action or workspace; everything after the upgrade is frames.
-Lifecycle actions stream JSON log lines, ``get-status`` prints the status
-object, and ``ssh`` splices the socket to an SSH back end.
+It answers the URL layout of PROTOCOL.md for any project id. Every request
+needs the access key (401 without it, before anything else). A plain GET of
+the project's ``devpodworkspaceinstances`` collection lists the workspaces
+that exist, as JSON. The HTTP upgrade is refused with 404 for an unknown
+path or action, a status action name the settings do not serve, and
+``ssh`` to a workspace that never existed; everything after the upgrade is
+frames. Lifecycle actions (``actions.py``) change the workspace's state and
+stream JSON log lines; both status actions print the status object, for
+any name; ``ssh`` splices the socket to an SSH back end while the workspace
+is ``Running`` and otherwise explains on stderr, with exit code 1 and no
+stdout, which is what a client's auto-start waits for.
 
 ``run_emulator`` serves in the current event loop; ``start_detached`` and
 ``stop_detached`` run it as a background process tied to a state directory.
@@ -20,6 +26,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -31,7 +38,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +51,7 @@ from websockets.http11 import Request, Response
 
 from ..errors import ConfigError, UsageError
 from ..protocol import RECEIVE_LIMIT, FrameType, chunk_frames, encode, encode_exit_code
+from .actions import LIFECYCLE_ACTIONS, LifecycleActions
 from .ssh_backends import (
     EmbeddedSsh,
     SshBackend,
@@ -60,7 +67,12 @@ from .state import (
     replace_private_file,
     write_client_config,
 )
-from .workspaces import Workspace, Workspaces
+from .workspaces import (
+    WORKSPACES_FILE,
+    Workspaces,
+    WorkspaceState,
+    status_object,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -83,23 +95,33 @@ DEFAULT_WORKSPACE = "demo"
 # The line the CLI prints first; start_detached reads the URL from it.
 LISTENING_PREFIX = "wsbridge emulator listening on "
 
-_ROUTE = re.compile(
+_COLLECTION = (
     r"/kubernetes/management/apis/management\.loft\.sh/v1"
-    r"/namespaces/loft-p-(?P<project>[^/]+)"
-    r"/devpodworkspaceinstances/(?P<workspace>[^/]+)/(?P<action>[^/]+)"
+    r"/namespaces/loft-p-(?P<project>[^/]+)/devpodworkspaceinstances"
 )
+_ROUTE = re.compile(_COLLECTION + r"/(?P<workspace>[^/]+)/(?P<action>[^/]+)")
+_LIST_ROUTE = re.compile(_COLLECTION + "/?")
 
 ACCESS_KEY_COOKIE = "loft_access_key"
 
-LIFECYCLE_ACTIONS = frozenset({"up", "stop", "delete"})
 # The documented name and the one the open-source DevPod client dials.
-STATUS_ACTIONS = frozenset({"get-status", "getstatus"})
+DEFAULT_STATUS_ACTIONS = ("get-status", "getstatus")
+STATUS_ACTIONS = frozenset(DEFAULT_STATUS_ACTIONS)
 SSH_ACTION = "ssh"
 ACTIONS = LIFECYCLE_ACTIONS | STATUS_ACTIONS | {SSH_ACTION}
 
+# What the workspace list answers, as the platform's Kubernetes API names it.
+LIST_API_VERSION = "management.loft.sh/v1"
+LIST_KIND = "DevPodWorkspaceInstanceList"
+
 EXIT_OK = 0
+EXIT_NOT_RUNNING = 1
 EXIT_BAD_OPTIONS = 2
 EXIT_SSH_UNAVAILABLE = 255
+
+# How long a lifecycle action's log takes in all: long enough to watch a
+# progress line, short enough not to bore (a real start takes minutes).
+DEFAULT_LIFECYCLE_DELAY = 2.5
 
 # The DevPod client's ping interval (PROTOCOL.md, Keepalive).
 PING_INTERVAL = 10.0
@@ -139,6 +161,11 @@ class EmulatorSettings:
     ssh_upstream: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Seconds the log of one up, stop or delete is spread over.
+    lifecycle_delay: float = DEFAULT_LIFECYCLE_DELAY
+    # The status action names served; the others answer 404, so that a
+    # client's fallback from one name to the other can be tried.
+    status_actions: tuple[str, ...] = DEFAULT_STATUS_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -204,19 +231,29 @@ class _Emulator:
     """The request check and the session handler the websocket server calls."""
 
     def __init__(
-        self, access_key: str, workspaces: Workspaces, backend: SshBackend
+        self,
+        access_key: str,
+        workspaces: Workspaces,
+        backend: SshBackend,
+        settings: EmulatorSettings,
     ) -> None:
         self._access_key = access_key.encode()
         self._workspaces = workspaces
         self._backend = backend
+        self._status_actions = frozenset(settings.status_actions)
+        self._lifecycle = LifecycleActions(workspaces, settings.lifecycle_delay)
         self._session_ids = itertools.count(1)
 
-    # The HTTP upgrade.
+    def interrupt_actions(self) -> None:
+        """End running lifecycle actions at their next pause, leaving them Busy."""
+        self._lifecycle.interrupt()
+
+    # The HTTP request: access key, workspace list, routes.
 
     def check_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Refuse the upgrade without a valid access key or a known route."""
+        """Refuse without a valid access key or a known route; answer a list."""
         path = urllib.parse.urlsplit(request.path).path
         if not self._has_access_key(request.headers):
             logger.info("refused %s: no valid access key", path)
@@ -226,16 +263,44 @@ class _Emulator:
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
 
+        if _LIST_ROUTE.fullmatch(path):
+            return self._workspace_list(connection)
+
         route = parse_route(request.path)
         if route is None:
             logger.info("refused %s: no such endpoint", path)
             return connection.respond(HTTPStatus.NOT_FOUND, "No such endpoint.\n")
-        if self._workspaces.get(route.workspace) is None:
+        if route.action in STATUS_ACTIONS and route.action not in self._status_actions:
+            logger.info("refused %s: %s is not served", path, route.action)
+            return connection.respond(HTTPStatus.NOT_FOUND, "No such endpoint.\n")
+        # Only ssh needs the workspace to exist: up creates it, and the other
+        # actions answer a missing one in frames, as the platform does.
+        if route.action == SSH_ACTION and self._workspaces.get(route.workspace) is None:
             logger.info("refused %s: no workspace %r", path, route.workspace)
             return connection.respond(
                 HTTPStatus.NOT_FOUND, f"Workspace {route.workspace} not found.\n"
             )
         return None
+
+    def _workspace_list(self, connection: ServerConnection) -> Response:
+        """Answer the workspace list: every workspace that exists, as JSON."""
+        document = {
+            "apiVersion": LIST_API_VERSION,
+            "kind": LIST_KIND,
+            "items": [
+                {
+                    "metadata": {"name": workspace.name},
+                    "status": {"phase": workspace.state.value},
+                }
+                for workspace in self._workspaces.existing()
+            ],
+        }
+        response = connection.respond(HTTPStatus.OK, json.dumps(document) + "\n")
+        # Headers.__setitem__ adds a value; the old type must go first.
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        logger.info("listed %d workspaces", len(document["items"]))
+        return response
 
     def _has_access_key(self, headers: Headers) -> bool:
         """Return whether the bearer token or the cookie holds the access key."""
@@ -261,10 +326,8 @@ class _Emulator:
         """Run the action the URL names, then end with its exit code."""
         assert websocket.request is not None
         route = parse_route(websocket.request.path)
-        # check_request lets only known routes and workspaces through.
+        # check_request lets only known routes through.
         assert route is not None
-        workspace = self._workspaces.get(route.workspace)
-        assert workspace is not None
 
         log = _SessionLog(next(self._session_ids))
         log.info(
@@ -275,7 +338,7 @@ class _Emulator:
         )
         exit_code: int | None = None
         try:
-            exit_code = await self._run_action(websocket, route, workspace, log)
+            exit_code = await self._run_action(websocket, route, log)
             if exit_code is not None:
                 await websocket.send(encode(FrameType.STDOUT_CLOSE))
                 await websocket.send(encode(FrameType.STDERR_CLOSE))
@@ -294,11 +357,7 @@ class _Emulator:
             )
 
     async def _run_action(
-        self,
-        websocket: ServerConnection,
-        route: Route,
-        workspace: Workspace,
-        log: _SessionLog,
+        self, websocket: ServerConnection, route: Route, log: _SessionLog
     ) -> int | None:
         """Run one action; return its exit code, None if the client left."""
         try:
@@ -308,29 +367,33 @@ class _Emulator:
             return EXIT_BAD_OPTIONS
 
         if route.action in STATUS_ACTIONS:
-            status = json.dumps(workspace.status(), separators=(",", ":"))
-            await _send_text(websocket, FrameType.STDOUT, status + "\n")
+            state = self._workspaces.state_of(route.workspace)
+            status = status_object(route.workspace, state)
+            line = json.dumps(status, separators=(",", ":"))
+            await _send_text(websocket, FrameType.STDOUT, line + "\n")
             return EXIT_OK
         if route.action == SSH_ACTION:
-            return await self._run_ssh(websocket, log)
+            return await self._run_ssh(websocket, route.workspace, log)
 
-        if route.flag("debug"):
-            received = ", ".join(sorted(options)) or "none"
-            await _send_log_line(websocket, f"options received: {received}", "debug")
-        lifecycle = {
-            "up": workspace.up,
-            "stop": workspace.stop,
-            "delete": workspace.delete,
-        }
-        messages = lifecycle[route.action]()
-        for message in messages:
-            await _send_log_line(websocket, message, "info")
-        return EXIT_OK
+        sender = _LenientSender(websocket, log)
+        return await self._lifecycle.run(
+            route.action, route.workspace, options, route.flag("debug"), sender.send
+        )
 
     async def _run_ssh(
-        self, websocket: ServerConnection, log: _SessionLog
+        self, websocket: ServerConnection, name: str, log: _SessionLog
     ) -> int | None:
-        """Splice the session to the SSH back end; 0 once the SSH side ends."""
+        """Splice the session to the SSH back end; 0 once the SSH side ends.
+
+        A workspace that is not running gets a sentence on stderr and exit
+        code 1, without a byte on stdout.
+        """
+        state = self._workspaces.state_of(name)
+        if state is not WorkspaceState.RUNNING:
+            log.info("workspace %s is %s; no ssh", name, state.value)
+            await _send_text(websocket, FrameType.STDERR, _not_running(name, state))
+            return EXIT_NOT_RUNNING
+
         try:
             async with self._backend.connect() as stream:
                 ssh_finished = await splice(websocket, stream, log)
@@ -341,19 +404,46 @@ class _Emulator:
         return EXIT_OK if ssh_finished else None
 
 
+class _LenientSender:
+    """Send frames to a client, dropping them once the client has gone.
+
+    A lifecycle action runs to its end, as on the platform, even when the
+    client that asked for it leaves halfway.
+    """
+
+    def __init__(self, websocket: ServerConnection, log: _SessionLog) -> None:
+        self._websocket = websocket
+        self._log = log
+        self._gone = False
+
+    async def send(self, message: bytes) -> None:
+        """Send ``message`` unless the client is gone."""
+        if self._gone:
+            return
+        try:
+            await self._websocket.send(message)
+        except ConnectionClosed:
+            self._log.info("the client left; the action goes on without it")
+            self._gone = True
+
+
+def _not_running(name: str, state: WorkspaceState) -> str:
+    """Say, for a person, why ssh cannot reach ``name`` and what to do."""
+    if state is WorkspaceState.BUSY:
+        advice = "another action on it is under way; try again when it is done"
+    elif state is WorkspaceState.NOT_FOUND:
+        advice = f"it was deleted; create it again with 'wsbridge up {name}'"
+    else:
+        advice = f"start it with 'wsbridge up {name}'"
+    return f"workspace {name} is not running (state {state.value}); {advice}\n"
+
+
 async def _send_text(
     websocket: ServerConnection, frame_type: FrameType, text: str
 ) -> None:
     """Send ``text`` as UTF-8 in as many frames as it needs."""
     for message in chunk_frames(frame_type, text.encode()):
         await websocket.send(message)
-
-
-async def _send_log_line(websocket: ServerConnection, message: str, level: str) -> None:
-    """Send one JSON log line on stdout, as the platform's DevPod logs."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    line = {"time": now.replace("+00:00", "Z"), "message": message, "level": level}
-    await _send_text(websocket, FrameType.STDOUT, json.dumps(line) + "\n")
 
 
 async def _wait_for_client_close(websocket: ServerConnection, log: _SessionLog) -> None:
@@ -374,27 +464,28 @@ async def run_emulator(
 ) -> None:
     """Serve until cancelled or sent SIGTERM, calling ``on_ready(url)`` once.
 
-    Prepares the state directory, listens, writes ``ssh_config`` and
-    ``known_hosts`` for the URL, then calls ``on_ready``. SIGTERM (in the
-    main thread) ends it normally; cancellation ends it with CancelledError.
-    Either way, live sessions are closed with 1001 (going away).
+    Prepares the state directory, loads the saved workspace states, listens,
+    writes ``ssh_config`` and ``known_hosts`` for the URL, then calls
+    ``on_ready``. SIGTERM (in the main thread) ends it normally; cancellation
+    ends it with CancelledError. Either way, lifecycle actions still running
+    stop where they are, and live sessions are closed with 1001 (going away).
 
     Raises:
         UsageError: the settings ask for something impossible, such as a
             port in use or an invalid workspace name.
-        ConfigError: a state, key or TLS file cannot be read or written.
+        ConfigError: a state, key, workspace or TLS file cannot be read or
+            written.
     """
-    if not 0 <= settings.port <= 65535:
-        raise UsageError(f"port {settings.port} is out of range (0 to 65535)")
-    workspaces = Workspaces(settings.workspaces)
+    _check_settings(settings)
     tls = _server_tls(settings)
     state = prepare_state(settings.state_dir, settings.access_key_file)
+    workspaces = Workspaces.load(state.directory / WORKSPACES_FILE, settings.workspaces)
     backend: SshBackend
     if settings.ssh_upstream is None:
         backend = EmbeddedSsh(state.host_key, state.authorized_keys_file)
     else:
         backend = UpstreamSsh(*settings.ssh_upstream)
-    emulator = _Emulator(state.access_key, workspaces, backend)
+    emulator = _Emulator(state.access_key, workspaces, backend, settings)
 
     try:
         server = await serve(
@@ -426,7 +517,8 @@ async def run_emulator(
             )
         logger.info(
             "serving workspaces %s at %s; ssh reaches %s",
-            ", ".join(workspace.name for workspace in workspaces),
+            ", ".join(workspace.name for workspace in workspaces.existing())
+            or "none yet",
             url,
             backend.describe(),
         )
@@ -436,7 +528,29 @@ async def run_emulator(
             await stop.wait()
         logger.info("SIGTERM received; shutting down")
     finally:
+        emulator.interrupt_actions()
         await _shut_down(server, backend)
+
+
+def _check_settings(settings: EmulatorSettings) -> None:
+    """Refuse settings that cannot work, before anything is created.
+
+    Raises:
+        UsageError: a setting is out of range or names an unknown action.
+    """
+    if not 0 <= settings.port <= 65535:
+        raise UsageError(f"port {settings.port} is out of range (0 to 65535)")
+    if not 0 <= settings.lifecycle_delay < math.inf:
+        raise UsageError(
+            "the lifecycle delay must be a finite number of seconds, 0 or "
+            f"more, not {settings.lifecycle_delay}"
+        )
+    unknown = set(settings.status_actions) - STATUS_ACTIONS
+    if unknown:
+        raise UsageError(
+            f"unknown status action {', '.join(sorted(unknown))}: choose from "
+            f"{', '.join(DEFAULT_STATUS_ACTIONS)}"
+        )
 
 
 def _server_tls(settings: EmulatorSettings) -> ssl.SSLContext | None:

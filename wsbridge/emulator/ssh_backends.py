@@ -632,7 +632,22 @@ async def _supervise(process: asyncssh.SSHServerProcess[bytes], child: _Child) -
         await asyncio.gather(feeder, finished, channel_closed, return_exceptions=True)
         child.close_stdin()
         if child.process.returncode is None:
-            await _hang_up(child.process)
+            await _reap(child.process)
+
+
+async def _reap(child: asyncio.subprocess.Process) -> None:
+    """Hang up on the child and wait for its exit, even through a cancellation.
+
+    Shutting down cancels commands, possibly while one waits for its child.
+    A child whose exit asyncio hears of after its loop has closed leaves
+    its transport unclosed (a ResourceWarning), so the wait is finished.
+    """
+    hanging_up = asyncio.ensure_future(_hang_up(child))
+    try:
+        await asyncio.shield(hanging_up)
+    except asyncio.CancelledError:
+        await hanging_up
+        raise
 
 
 async def _feed_stdin(process: asyncssh.SSHServerProcess[bytes], child: _Child) -> None:
