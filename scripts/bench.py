@@ -11,7 +11,7 @@ It prints medians over the repetitions: download and upload throughput, the
 round trip of a one-byte echo through an interactive ``ssh host cat``, the CPU
 seconds per GiB that the proxy and the emulator spend (net of a connect-only
 run, so Python start-up and handshakes do not count), and the proxy's peak
-memory.
+memory. Last, the memory of ``wsbridge listen`` holding 100 idle connections.
 
 To add a measurement, write a function that takes a ``Bench`` and returns
 ``Result`` rows, and append it to ``MEASUREMENTS``; ``process_memory_kib``
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -45,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.emulator import Emulator, start_emulator  # noqa: E402
 from tests.openssh import OpenSSH, proxy_argv, write_known_hosts  # noqa: E402
+from tests.procs import START_TIMEOUT, ServerProcess  # noqa: E402
 from tests.sshd import Sshd, generate_key, public_key_line, start_sshd  # noqa: E402
 
 MIB = 1024 * 1024
@@ -73,6 +75,20 @@ RECORD_RUSAGE = "--record-rusage"
 
 # How long a shim's usage report may take to arrive after ssh exits.
 INBOX_TIMEOUT = 30.0
+
+# Idle TCP connections held through one ``wsbridge listen`` to weigh it.
+IDLE_CONNECTIONS = 100
+
+# What each idle connection sends before it falls silent: an SSH client's
+# identification line, so that the workspace's server answers with its own.
+IDLE_CLIENT_BANNER = b"SSH-2.0-wsbridge-bench\r\n"
+SSH_BANNER_PREFIX = b"SSH-2.0-"
+
+# How long an idle connection may take to get the server's banner back.
+IDLE_CONNECT_TIMEOUT = 60.0
+
+# The line ``wsbridge listen`` prints once it listens.
+LISTENING = re.compile(r"wsbridge listening on 127\.0\.0\.1:(\d+) ")
 
 Measure = TypeVar("Measure")
 
@@ -398,8 +414,72 @@ def measure_echo_round_trip(bench: Bench) -> list[Result]:
     ]
 
 
+def open_idle_connection(port: int) -> socket.socket:
+    """Connect to the listener and send an SSH banner; then stay silent."""
+    connection = socket.create_connection(
+        ("127.0.0.1", port), timeout=IDLE_CONNECT_TIMEOUT
+    )
+    connection.sendall(IDLE_CLIENT_BANNER)
+    return connection
+
+
+def await_server_banner(connection: socket.socket) -> None:
+    """Wait until the workspace's SSH banner arrives: the session is up."""
+    received = b""
+    while not received.startswith(SSH_BANNER_PREFIX):
+        chunk = connection.recv(len(SSH_BANNER_PREFIX) - len(received))
+        if not chunk:
+            raise BenchFailed("the listener closed an idle connection")
+        received += chunk
+
+
+def measure_listen_idle_memory(bench: Bench) -> list[Result]:
+    """Measure the memory ``wsbridge listen`` spends on idle connections.
+
+    Banner-only clients would be cut off by sshd, which drops unauthenticated
+    connections beyond its MaxStartups (10), so they meet an emulator of
+    their own with the embedded SSH server. The listener does not look inside
+    the stream: an SSH session that sits idle costs it what these do.
+    """
+    with tempfile.TemporaryDirectory(prefix="wsbridge-bench-listen-") as workdir:
+        emulator = start_emulator(Path(workdir) / "state")
+        argv = [sys.executable, "-m", "wsbridge", "listen", "--server", emulator.url]
+        argv += ["--access-key-file", str(emulator.access_key_file), "demo"]
+        listen = ServerProcess("wsbridge listen", argv)
+        connections: list[socket.socket] = []
+        try:
+            match = listen.stdout.wait_for(LISTENING, START_TIMEOUT)
+            port = int(match.group(1))
+            # One connection first, so that what every session imports or
+            # allocates once counts in the baseline, not per connection.
+            connections.append(open_idle_connection(port))
+            await_server_banner(connections[0])
+            baseline_kib, _ = process_memory_kib(listen.pid)
+            for _ in range(IDLE_CONNECTIONS - 1):
+                connections.append(open_idle_connection(port))
+            for connection in connections[1:]:
+                await_server_banner(connection)
+            rss_kib, peak_kib = process_memory_kib(listen.pid)
+        finally:
+            for connection in connections:
+                connection.close()
+            listen.stop()
+            emulator.stop()
+    per_connection = (rss_kib - baseline_kib) / (IDLE_CONNECTIONS - 1)
+    return [
+        Result("listen RSS, 1 idle connection", "MiB", baseline_kib / 1024),
+        Result(f"listen RSS, {IDLE_CONNECTIONS} idle", "MiB", rss_kib / 1024),
+        Result(f"listen peak RSS, {IDLE_CONNECTIONS} idle", "MiB", peak_kib / 1024),
+        Result("listen RSS per idle conn.", "KiB", per_connection),
+    ]
+
+
 Measurement = Callable[[Bench], list[Result]]
-MEASUREMENTS: list[Measurement] = [measure_throughput, measure_echo_round_trip]
+MEASUREMENTS: list[Measurement] = [
+    measure_throughput,
+    measure_echo_round_trip,
+    measure_listen_idle_memory,
+]
 
 
 # --- report -----------------------------------------------------------------

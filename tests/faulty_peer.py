@@ -2,8 +2,10 @@
 
 It stands in for the platform in tests of what ``wsbridge proxy`` does when
 the server drops the TCP connection, closes without an exit code, or ends a
-command right after a burst of output. It encodes frames itself rather than
-with ``wsbridge.protocol`` so that a codec bug cannot hide on both sides.
+command right after a burst of output, and of how the lifecycle commands
+render frames that do not align with log lines. It can answer chosen actions
+with 404 at the handshake. It encodes frames itself rather than with
+``wsbridge.protocol`` so that a codec bug cannot hide on both sides.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from .procs import START_TIMEOUT, scaled
 
 # Frame type bytes from PROTOCOL.md.
 STDOUT = 0
+STDOUT_CLOSE = 1
+STDERR = 2
+STDERR_CLOSE = 3
 STDIN = 4
 STDIN_CLOSE = 5
 EXIT_CODE = 6
@@ -33,6 +38,10 @@ MAX_PAYLOAD = 32767
 # How long a behaviour waits for the client to close after the exit code.
 CLIENT_CLOSE_TIMEOUT = 10.0
 
+# How long ``hold_open`` keeps a command running: far longer than any test
+# takes to interrupt it.
+HOLD_TIMEOUT = 60.0
+
 # A behaviour drives one websocket session and notes what it saw.
 Behaviour = Callable[[ServerConnection, "Outcome"], Awaitable[None]]
 
@@ -40,6 +49,11 @@ Behaviour = Callable[[ServerConnection, "Outcome"], Awaitable[None]]
 def stdout_frame(payload: bytes) -> bytes:
     """Encode a stdout data frame."""
     return bytes((STDOUT,)) + payload
+
+
+def stderr_frame(payload: bytes) -> bytes:
+    """Encode a stderr data frame."""
+    return bytes((STDERR,)) + payload
 
 
 def exit_code_frame(code: int) -> bytes:
@@ -71,14 +85,22 @@ class Outcome:
 
 
 class FaultyPeer:
-    """Serve one ``Behaviour`` on a loopback port from a background thread."""
+    """Serve one ``Behaviour`` on a loopback port from a background thread.
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    Handshakes for an action named in ``not_found`` (the last path segment)
+    are recorded, then answered with HTTP 404.
+    """
+
+    def __init__(
+        self, behaviour: Behaviour, *, not_found: Collection[str] = ()
+    ) -> None:
         self._behaviour = behaviour
+        self._not_found = frozenset(not_found)
         self.handshakes: list[Handshake] = []
         self.outcome = Outcome()
         self.port = 0
         self._ready = threading.Event()
+        self._finished = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="faulty-peer")
@@ -87,6 +109,15 @@ class FaultyPeer:
     def url(self) -> str:
         """Return the server URL to hand to ``wsbridge proxy --server``."""
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def paths(self) -> list[str]:
+        """Return the request paths of every handshake, query included, in order."""
+        return [handshake.path for handshake in self.handshakes]
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait until a session's behaviour has returned; tell whether it did."""
+        return self._finished.wait(scaled(timeout))
 
     def __enter__(self) -> FaultyPeer:
         self._thread.start()
@@ -121,11 +152,20 @@ class FaultyPeer:
             self._ready.set()
             await self._stop.wait()
 
-    def _record(self, connection: ServerConnection, request: Request) -> None:
+    def _record(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         self.handshakes.append(Handshake(request.path, request.headers))
+        action = request.path.partition("?")[0].rpartition("/")[2]
+        if action in self._not_found:
+            return connection.respond(404, f"No action {action} here.\n")
+        return None
 
     async def _handle(self, connection: ServerConnection) -> None:
-        await self._behaviour(connection, self.outcome)
+        try:
+            await self._behaviour(connection, self.outcome)
+        finally:
+            self._finished.set()
 
 
 # --- behaviours -----------------------------------------------------------
@@ -152,6 +192,34 @@ def exit_after_output(payload: bytes, code: int) -> Behaviour:
             outcome.stdout_sent += len(chunk)
         await connection.send(exit_code_frame(code))
         await _wait_for_client_close(connection, outcome)
+
+    return behaviour
+
+
+def play(messages: Sequence[bytes], code: int) -> Behaviour:
+    """Send ``messages`` (whole encoded frames) in order, then exit with ``code``."""
+
+    async def behaviour(connection: ServerConnection, outcome: Outcome) -> None:
+        for message in messages:
+            await connection.send(message)
+        await connection.send(exit_code_frame(code))
+        await _wait_for_client_close(connection, outcome)
+
+    return behaviour
+
+
+def hold_open(messages: Sequence[bytes]) -> Behaviour:
+    """Send ``messages``, then keep the command running until the client closes."""
+
+    async def behaviour(connection: ServerConnection, outcome: Outcome) -> None:
+        for message in messages:
+            await connection.send(message)
+        outcome.events.append("holding")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(scaled(HOLD_TIMEOUT)):
+                async for _ in connection:
+                    pass
+        outcome.client_close_code = connection.close_code
 
     return behaviour
 
