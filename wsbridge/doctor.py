@@ -22,7 +22,13 @@ from .api import probe
 from .endpoint import Endpoint
 from .errors import AuthRejected, WsbridgeError
 from .settings import ConnectionSettings
-from .sshconfig import BEGIN_MARKER, END_MARKER, find_shadowing
+from .sshconfig import (
+    BEGIN_MARKER,
+    END_MARKER,
+    find_shadowing,
+    sample_host,
+    wsbridge_command,
+)
 
 __all__ = ["Check", "Verdict", "run_checks"]
 
@@ -84,7 +90,7 @@ def _ssh_client() -> Check:
 
 
 def _config_block(ssh_config: Path, host_suffix: str) -> list[Check]:
-    """Check the managed block: present, runnable, not shadowed."""
+    """Check the managed block: present, current, runnable, not shadowed."""
     fix = "run: wsbridge config-ssh"
     try:
         text = ssh_config.read_text(encoding="utf-8")
@@ -106,7 +112,11 @@ def _config_block(ssh_config: Path, host_suffix: str) -> list[Check]:
         ),
         "",
     )
-    words = shlex.split(proxy_line.replace("%%", "%")) if proxy_line else []
+    try:
+        words = shlex.split(proxy_line.replace("%%", "%"))
+    except ValueError:
+        # An unbalanced quote, from editing by hand: no program to name.
+        words = []
     program = words[0] if words else ""
     if not program or not os.access(program, os.X_OK):
         checks.append(
@@ -117,10 +127,25 @@ def _config_block(ssh_config: Path, host_suffix: str) -> list[Check]:
                 fix,
             )
         )
+    elif words[: len(ours := wsbridge_command())] != ours:
+        # Current means it runs this wsbridge: after a reinstall elsewhere
+        # the block would silently keep using the old copy.
+        checks.append(
+            Check(
+                "ssh config",
+                Verdict.WARN,
+                f"the block runs {program}, not this wsbridge ({' '.join(ours)})",
+                fix,
+            )
+        )
     else:
-        checks.append(Check("ssh config", Verdict.OK, f"block present in {ssh_config}"))
+        detail = f"block present and current in {ssh_config}"
+        checks.append(Check("ssh config", Verdict.OK, detail))
+    # Ask about a host the block serves: a per-workspace block has no
+    # wildcard entry.
+    host = sample_host(block) or f"workspace.{host_suffix}"
     try:
-        shadow = find_shadowing(ssh_config, block, f"doctor-check.{host_suffix}")
+        shadow = find_shadowing(ssh_config, block, host)
     except WsbridgeError as exc:
         shadow = str(exc)
     if shadow:
@@ -128,9 +153,7 @@ def _config_block(ssh_config: Path, host_suffix: str) -> list[Check]:
             Check("shadowing", Verdict.FAIL, shadow, "move the wsbridge block up")
         )
     else:
-        checks.append(
-            Check("shadowing", Verdict.OK, f"*.{host_suffix} uses the wsbridge block")
-        )
+        checks.append(Check("shadowing", Verdict.OK, f"{host} uses the wsbridge block"))
     return checks
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "find_shadowing",
     "proxy_arguments",
     "remove_block",
+    "sample_host",
     "splice_block",
     "wsbridge_command",
 ]
@@ -51,8 +52,9 @@ __all__ = [
 BEGIN_MARKER = "# --- BEGIN WSBRIDGE: managed by 'wsbridge config-ssh'; do not edit ---"
 END_MARKER = "# --- END WSBRIDGE ---"
 
-_BEGIN_LINE = re.compile(f"^{re.escape(BEGIN_MARKER)}$", re.MULTILINE)
-_END_LINE = re.compile(f"^{re.escape(END_MARKER)}$", re.MULTILINE)
+# A marker line may end in CRLF when an editor converted the whole file.
+_BEGIN_LINE = re.compile(f"^{re.escape(BEGIN_MARKER)}\r?$", re.MULTILINE)
+_END_LINE = re.compile(f"^{re.escape(END_MARKER)}\r?$", re.MULTILINE)
 
 DEFAULT_HOST_SUFFIX = "devpod"
 
@@ -110,15 +112,21 @@ def build_block(settings: BlockSettings) -> str:
     if not _HOST_TOKEN.match(suffix):
         raise UsageError(f"invalid host suffix {suffix!r}")
     base = [*settings.command, "proxy", *settings.proxy_arguments]
-    options = [
-        ("User", settings.user),
-        *_KEEPALIVE_OPTIONS,
-        ("UserKnownHostsFile", _config_quote(str(settings.known_hosts_file))),
-        *settings.extra_options,
-    ]
     for name, value in settings.extra_options:
         if not _OPTION_NAME.match(name) or "\n" in value:
             raise UsageError(f"invalid ssh option {name}={value!r}")
+    # OpenSSH takes the first value it reads for an option, so the user's
+    # own options come first and replace our defaults of the same name.
+    chosen = {name.lower() for name, _ in settings.extra_options}
+    defaults = [
+        ("User", settings.user),
+        *_KEEPALIVE_OPTIONS,
+        ("UserKnownHostsFile", _config_quote(str(settings.known_hosts_file))),
+    ]
+    options = [
+        *settings.extra_options,
+        *((name, value) for name, value in defaults if name.lower() not in chosen),
+    ]
 
     entries: list[tuple[str, list[str]]] = []
     if settings.workspaces is None:
@@ -170,20 +178,28 @@ def splice_block(text: str, block: str) -> str:
         return text[:start] + block + text[end:]
     if not text:
         return block
-    separator = "\n" if text.endswith("\n") else "\n\n"
-    return text + separator + block
+    # A blank line sets the block apart; after a last line without a
+    # newline only that newline is added, so that removal can tell the two
+    # cases apart and give back the exact bytes.
+    return text + "\n" + block
 
 
 def remove_block(text: str) -> str:
-    """Take the managed block (and the blank line before it) out of ``text``."""
+    """Take the managed block (and the line break before it) out of ``text``.
+
+    Undoes ``splice_block``: a block it appended after a blank line takes
+    that line with it, and one it appended straight after a last line with
+    no newline takes the newline it had to add.
+    """
     span = _block_span(text)
     if span is None:
         return text
     start, end = span
-    before = text[:start]
-    if before.endswith("\n\n"):
+    before, after = text[:start], text[end:]
+    appended_at_end = before.endswith("\n") and not after
+    if before.endswith("\n\n") or appended_at_end:
         before = before[:-1]
-    return before + text[end:]
+    return before + after
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,9 @@ def apply(path: Path, block: str | None, *, dry_run: bool = False) -> ConfigChan
     """
     target = path.resolve() if path.is_symlink() else path
     try:
-        old = target.read_text(encoding="utf-8")
+        # newline="" keeps CRLF line ends as they are, outside the block.
+        with target.open(encoding="utf-8", newline="") as file:
+            old = file.read()
         mode: int | None = stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
         old, mode = "", None
@@ -231,7 +249,7 @@ def apply(path: Path, block: str | None, *, dry_run: bool = False) -> ConfigChan
             shutil.copy2(target, backup)
         fd, temporary = tempfile.mkstemp(prefix=".config-", dir=target.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
                 file.write(new)
             os.chmod(temporary, mode if mode is not None else 0o600)
             os.replace(temporary, target)
@@ -264,6 +282,15 @@ def resolved_options(config: Path, host: str) -> dict[str, str]:
         name, _, value = line.partition(" ")
         options.setdefault(name.lower(), value)
     return options
+
+
+def sample_host(block: str) -> str | None:
+    """Return a host name that the block's first entry serves."""
+    for line in block.splitlines():
+        keyword, _, pattern = line.strip().partition(" ")
+        if keyword == "Host":
+            return pattern.replace("*", "workspace")
+    return None
 
 
 def find_shadowing(config: Path, block: str, sample_host: str) -> str | None:
@@ -357,9 +384,10 @@ async def configure(
         # The demo set-up: let plain ssh offer the emulator's own key too.
         extra_options = [("IdentityFile", _config_quote(str(emulator_key))),
                          *extra_options]
+    known_hosts = state_dir() / "ssh_known_hosts"
     block = build_block(
         BlockSettings(
-            known_hosts_file=state_dir() / "ssh_known_hosts",
+            known_hosts_file=known_hosts,
             proxy_arguments=proxy_arguments(settings),
             host_suffix=host_suffix,
             user=user or getpass.getuser(),
@@ -371,7 +399,12 @@ async def configure(
     messages += _report(change, dry_run, "wrote the wsbridge block to")
     if dry_run:
         return messages
-    sample = f"{(workspaces or ['workspace'])[0]}.{host_suffix}"
+    # ssh cannot record a new host key in a file whose directory is missing.
+    try:
+        known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {known_hosts.parent}: {exc}") from exc
+    sample = sample_host(block) or f"workspace.{host_suffix}"
     shadow = find_shadowing(ssh_config, block, sample)
     if shadow:
         messages.append(f"warning: {shadow}")
