@@ -15,9 +15,6 @@ leaves half a file, and at no moment is a key readable by others.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ import tomli_w
 
 from .endpoint import AccessKey, AuthMode
 from .errors import ConfigError
+from .files import replace_file
 from .paths import config_dir
 
 __all__ = ["DEFAULT_PROFILE", "Profile", "ProfileStore"]
@@ -127,20 +125,4 @@ class ProfileStore:
             "# Holds access keys: keep this file private (mode 0600).\n\n"
             + tomli_w.dumps(document)
         )
-        directory = self.path.parent
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # mkstemp creates the file 0600, so the key is never exposed.
-            fd, temporary = tempfile.mkstemp(prefix=".profiles-", dir=directory)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    file.write(text)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-        except OSError as exc:
-            raise ConfigError(f"cannot write {self.path}: {exc.strerror}") from exc
+        replace_file(self.path, text)

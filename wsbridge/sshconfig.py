@@ -13,7 +13,6 @@ file I/O.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import getpass
 import os
@@ -23,13 +22,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import list_workspaces
 from .errors import ConfigError, UsageError
+from .files import PRIVATE_MODE, replace_file
 from .paths import emulator_client_key, state_dir
 from .settings import ENV_ACCESS_KEY, ENV_PROJECT, ENV_SERVER, ConnectionSettings
 
@@ -242,23 +241,15 @@ def apply(path: Path, block: str | None, *, dry_run: bool = False) -> ConfigChan
         return ConfigChange(path, changed=new != old, diff=diff)
 
     backup: Path | None = None
-    try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if mode is not None:
-            backup = target.with_name(target.name + ".wsbridge.bak")
-            shutil.copy2(target, backup)
-        fd, temporary = tempfile.mkstemp(prefix=".config-", dir=target.parent)
+    if mode is not None:
+        backup = target.with_name(target.name + ".wsbridge.bak")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-                file.write(new)
-            os.chmod(temporary, mode if mode is not None else 0o600)
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
+            shutil.copy2(target, backup)
+        except OSError as exc:
+            raise ConfigError(f"cannot back up {path}: {exc.strerror}") from exc
+    replace_file(
+        target, new, mode=mode if mode is not None else PRIVATE_MODE, newline=""
+    )
     return ConfigChange(path, changed=True, diff=diff, backup=backup)
 
 

@@ -50,6 +50,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..errors import ConfigError, UsageError
+from ..files import replace_file
 from ..protocol import RECEIVE_LIMIT, FrameType, chunk_frames, encode, encode_exit_code
 from .actions import LIFECYCLE_ACTIONS, LifecycleActions
 from .ssh_backends import (
@@ -64,7 +65,6 @@ from .state import (
     PID_FILE,
     STATE_DIR_MODE,
     prepare_state,
-    replace_private_file,
     write_client_config,
 )
 from .workspaces import (
@@ -705,7 +705,7 @@ def start_detached(settings: EmulatorSettings, executable_argv: list[str]) -> st
         raise UsageError(f"the emulator did not start: {reason} (log: {log_path})")
 
     url = line.removeprefix(LISTENING_PREFIX)
-    replace_private_file(state_dir / PID_FILE, f"{child.pid}\n{url}\n")
+    replace_file(state_dir / PID_FILE, f"{child.pid}\n{url}\n")
     return url
 
 

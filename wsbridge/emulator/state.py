@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncssh
 
 from ..errors import ConfigError
+from ..files import replace_file
 
 __all__ = [
     "HOST_KEY_ALIAS",
@@ -37,7 +38,6 @@ __all__ = [
     "EmulatorState",
     "prepare_state",
     "proxy_command_argv",
-    "replace_private_file",
     "write_client_config",
 ]
 
@@ -169,13 +169,13 @@ def write_client_config(
         f"    UserKnownHostsFile {_config_quote(state.known_hosts_file)}",
         "    StrictHostKeyChecking yes",
     ]
-    replace_private_file(state.ssh_config_file, "\n".join(lines) + "\n")
+    replace_file(state.ssh_config_file, "\n".join(lines) + "\n")
 
     known_hosts = ""
     if host_key is not None:
         public_line = host_key.export_public_key().decode("ascii").strip()
         known_hosts = f"{HOST_KEY_ALIAS} {public_line}\n"
-    replace_private_file(state.known_hosts_file, known_hosts)
+    replace_file(state.known_hosts_file, known_hosts)
     return state.ssh_config_file
 
 
@@ -265,20 +265,6 @@ def _create_private_file(path: Path, text: str) -> bool:
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(text)
     return True
-
-
-def replace_private_file(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with a 0600 file holding ``text``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    try:
-        descriptor = os.open(temporary, flags, PRIVATE_FILE_MODE)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _check_config_value(value: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, UsageError
-from .state import replace_private_file
+from ..files import replace_file
 
 __all__ = [
     "EMULATOR_CONTEXT",
@@ -199,7 +199,7 @@ class Workspaces:
                 for name, workspace in sorted(self._by_name.items())
             },
         }
-        replace_private_file(self._path, json.dumps(document, indent=2) + "\n")
+        replace_file(self._path, json.dumps(document, indent=2) + "\n")
 
     def existing(self) -> list[Workspace]:
         """Return the workspaces that exist now, by name."""
