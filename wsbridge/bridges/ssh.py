@@ -32,6 +32,7 @@ from ..errors import (
     ConfigError,
     ConnectionLost,
     HostKeyRejected,
+    LocalStreamClosed,
     SSHAuthFailed,
 )
 from ..lifecycle import connect_with_autostart
@@ -233,7 +234,15 @@ async def workspace_ssh(
                 f"({_fingerprint(checker.new_key)}) in {store.path}",
                 file=sys.stderr,
             )
-        yield connection
+        try:
+            yield connection
+        except asyncssh.Error as exc:
+            # The SSH session broke under the command; when the websocket
+            # failed first, its error says why.
+            _raise_bridge_failure(bridge)
+            raise ConnectionLost(
+                f"the SSH session to the workspace ended: {exc}"
+            ) from exc
     finally:
         if agent is not None:
             agent.close()
@@ -289,12 +298,19 @@ async def _login(
             f"{username!r} ({len(keys)} tried); use -i KEYFILE or -l USER"
         ) from None
     except (asyncssh.Error, OSError) as exc:
-        if bridge.done() and not bridge.cancelled() and bridge.exception():
-            raise bridge.exception() from None  # type: ignore[misc]
+        _raise_bridge_failure(bridge)
         raise ConnectionLost(f"SSH to the workspace failed: {exc}") from None
     finally:
         if not login.done():
             login.cancel()
+
+
+def _raise_bridge_failure(bridge: asyncio.Task[int]) -> None:
+    """Raise the websocket side's error, if it has already failed."""
+    if bridge.done() and not bridge.cancelled():
+        failure = bridge.exception()
+        if failure is not None:
+            raise failure from None
 
 
 async def run_remote(
@@ -334,12 +350,13 @@ async def run_remote(
     if disconnected:
         print("\r\nwsbridge: connection closed (~.)", file=sys.stderr)
         return EXIT_DISCONNECTED
-    if process.exit_status is not None:
-        return process.exit_status
+    # Checked first: asyncssh reports an exit status of -1 after a signal.
     if process.exit_signal is not None:
         name = process.exit_signal[0]
         number = getattr(signal, f"SIG{name}", None)
         return 128 + int(number) if number is not None else EXIT_DISCONNECTED
+    if process.exit_status is not None:
+        return process.exit_status
     return EXIT_DISCONNECTED
 
 
@@ -370,14 +387,20 @@ async def _pump(
             process.stdin.write(data)
             await process.stdin.drain()
 
-    async def download(source: asyncssh.SSHReader[bytes], sink: ByteSink) -> None:
+    async def download(
+        source: asyncssh.SSHReader[bytes], sink: ByteSink, name: str
+    ) -> None:
         while data := await source.read(READ_SIZE):
-            sink.write(data)
-            await sink.drain()
+            try:
+                sink.write(data)
+                await sink.drain()
+            except (ConnectionError, OSError) as exc:
+                raise LocalStreamClosed(f"local {name} was closed: {exc}") from exc
 
     up = asyncio.create_task(upload())
     down = asyncio.gather(
-        download(process.stdout, stdout), download(process.stderr, stderr)
+        download(process.stdout, stdout, "stdout"),
+        download(process.stderr, stderr, "stderr"),
     )
     try:
         tasks: set[asyncio.Future[Any]] = {up, down}

@@ -181,9 +181,7 @@ async def open_stdio(
             write_transport, _ = await loop.connect_write_pipe(
                 lambda: write_protocol, write_pipe
             )
-            writer = asyncio.StreamWriter(
-                write_transport, write_protocol, None, loop
-            )
+            writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
             sink = writer
         else:
             sink = FileSink(stdout_fd)

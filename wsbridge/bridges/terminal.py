@@ -78,8 +78,12 @@ class EscapeFilter:
         return Filtered(bytes(send), bytes(echo))
 
 
-def terminal_size(fd: int = 1) -> tuple[int, int]:
-    """Return (columns, rows) of the terminal on ``fd``, or a fallback."""
+def terminal_size(fd: int = 0) -> tuple[int, int]:
+    """Return (columns, rows) of the terminal on ``fd``, or a fallback.
+
+    Stdin by default, as OpenSSH asks: it is the terminal the PTY stands
+    for, even when stdout is piped elsewhere.
+    """
     try:
         size = os.get_terminal_size(fd)
     except OSError:
