@@ -27,6 +27,10 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
             monkeypatch.delenv(name)
     for name in _XDG_DIRS:
         monkeypatch.setenv(name, str(tmp_path / "xdg" / name.lower()))
+    # wsbridge looks for ~/.ssh/id_* keys; the developer's must not count.
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
 
 
 @pytest.fixture(scope="session")
