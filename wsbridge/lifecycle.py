@@ -356,12 +356,18 @@ class _ReplaySource:
 
 
 class _WatchedSink:
-    """A sink that notices the first byte of output passing through."""
+    """A sink that notices the first byte of output passing through.
+
+    Until that byte, the end of the stream is held back rather than passed
+    on: the session may yet be retried after a start, and the retry needs
+    the stream open.
+    """
 
     def __init__(self, sink: ByteSink, replay: _ReplaySource) -> None:
         self._sink = sink
         self._replay = replay
         self.started = False
+        self.eof_held = False
 
     def write(self, data: bytes | bytearray | memoryview, /) -> None:
         if not self.started:
@@ -376,7 +382,16 @@ class _WatchedSink:
         return self._sink.can_write_eof()
 
     def write_eof(self) -> None:
-        self._sink.write_eof()
+        if self.started:
+            self._sink.write_eof()
+        else:
+            self.eof_held = True
+
+    def release_eof(self) -> None:
+        """Pass on an end of stream held back, now that no retry follows."""
+        if self.eof_held:
+            self.eof_held = False
+            self._sink.write_eof()
 
 
 async def connect_with_autostart(
@@ -414,6 +429,7 @@ async def connect_with_autostart(
             and source.replayable
         )
         if not retry:
+            watched.release_eof()
             if failure is not None:
                 raise failure
             return code

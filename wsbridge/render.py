@@ -256,7 +256,12 @@ class LogView:
                 erase_when_done=True,
                 refresh_interval=PROGRESS_REFRESH,
             )
-            running = asyncio.ensure_future(self._app.run_async())
+            # The application must not take over SIGINT (it would swallow
+            # Ctrl-C as a key press) nor the loop's exception handler (it
+            # would wait for Enter on a terminal that is not its own).
+            running = asyncio.ensure_future(
+                self._app.run_async(handle_sigint=False, set_exception_handler=False)
+            )
             try:
                 yield
             finally:
