@@ -208,6 +208,17 @@ def play(messages: Sequence[bytes], code: int) -> Behaviour:
     return behaviour
 
 
+def by_action(behaviours: dict[str, Behaviour]) -> Behaviour:
+    """Pick the behaviour by the action the client asked for (last path part)."""
+
+    async def behaviour(connection: ServerConnection, outcome: Outcome) -> None:
+        assert connection.request is not None
+        action = connection.request.path.split("?")[0].rsplit("/", 1)[-1]
+        await behaviours[action](connection, outcome)
+
+    return behaviour
+
+
 def hold_open(messages: Sequence[bytes]) -> Behaviour:
     """Send ``messages``, then keep the command running until the client closes."""
 

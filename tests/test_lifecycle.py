@@ -23,6 +23,7 @@ import pytest
 from .emulator import DEFAULT_WORKSPACE, Emulator, EmulatorFactory
 from .faulty_peer import (
     FaultyPeer,
+    by_action,
     hold_open,
     play,
     stderr_frame,
@@ -530,3 +531,23 @@ def test_proxy_to_a_deleted_workspace_fails_without_creating_it(
     assert result.stdout == b""
     assert b"Traceback" not in result.stderr
     assert state_of(emulator) == "NotFound"
+
+
+def test_auto_start_tries_up_once_when_the_workspace_stays_stopped() -> None:
+    """A platform whose up succeeds but which still says Stopped gets no loop."""
+    status = stdout_frame(b'{"id":"demo","state":"Stopped"}\n')
+    behaviour = by_action(
+        {
+            "ssh": play([stderr_frame(b"workspace demo is not running\n")], 1),
+            "get-status": play([status], 0),
+            "up": play([stdout_frame(log_line("Starting workspace"))], 0),
+        }
+    )
+    with FaultyPeer(behaviour) as peer:
+        result = run_proxy(cli_argv("proxy", peer), env=key_env())
+
+    assert result.returncode == 255
+    assert b"still Stopped after a successful up" in result.stderr
+    assert b"Traceback" not in result.stderr
+    actions = [path.split("?")[0].rsplit("/", 1)[-1] for path in peer.paths]
+    assert actions.count("up") == 1

@@ -285,6 +285,7 @@ async def ensure_running(endpoint: Endpoint, workspace: str, view: LogView) -> N
     wait = BUSY_FIRST_WAIT
     loop = asyncio.get_running_loop()
     deadline = loop.time() + BUSY_TIMEOUT
+    started = False
     while True:
         status = await get_status(endpoint, workspace, stderr=view.sink(view.stderr))
         state = status.get("state")
@@ -293,7 +294,14 @@ async def ensure_running(endpoint: Endpoint, workspace: str, view: LogView) -> N
             return
         if state == WorkspaceState.NOT_FOUND:
             raise WorkspaceNotFound(f"workspace {workspace!r} does not exist")
+        if state == WorkspaceState.STOPPED and started:
+            # One start per connection: a platform that reports success and
+            # still says Stopped would otherwise be asked forever.
+            raise StartFailed(
+                f"workspace {workspace!r} is still Stopped after a successful up"
+            )
         if state == WorkspaceState.STOPPED:
+            started = True
             await view.note(f"wsbridge: workspace {workspace} is stopped; starting it")
             async with view.running():
                 sink = view.sink(view.stderr)
