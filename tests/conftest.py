@@ -33,6 +33,12 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv("HOME", str(home))
 
 
+@pytest.fixture
+def empty_home(tmp_path: Path) -> Path:
+    """Return the empty directory that HOME points at during the test."""
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="session")
 def user_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Return the private half of the SSH key pair the tests log in with."""

@@ -32,15 +32,6 @@ BLOB_SIZE = 8 * 1024 * 1024
 _AGENT_SOCKET = re.compile(r"SSH_AUTH_SOCK=([^;]+);")
 
 
-@pytest.fixture(autouse=True)
-def empty_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point HOME at an empty directory, hiding the developer's ~/.ssh keys."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    return home
-
-
 @pytest.fixture(scope="module")
 def emulator(
     tmp_path_factory: pytest.TempPathFactory, user_key: Path

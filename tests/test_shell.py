@@ -136,15 +136,6 @@ def stty_flags(stty_output: str) -> set[str]:
     return set(re.split(r"[\s;]+", stty_output))
 
 
-@pytest.fixture(autouse=True)
-def empty_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point HOME at an empty directory, hiding the developer's ~/.ssh keys."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    return home
-
-
 @pytest.fixture
 def pane(tmp_path: Path, empty_home: Path) -> Iterator[Pane]:
     """Start a private tmux server with one ``sh`` pane; kill it afterwards."""

@@ -340,7 +340,8 @@ def test_unchanged_block_leaves_the_file_alone(tmp_path: Path) -> None:
 
 def test_dry_run_returns_the_diff_and_writes_nothing(tmp_path: Path) -> None:
     """A dry run reports a unified diff and leaves no file behind."""
-    config = tmp_path / "config"
+    (tmp_path / "ssh").mkdir()
+    config = tmp_path / "ssh" / "config"
     config.write_text(USER_CONFIG)
     before = config.stat().st_mtime_ns
 
@@ -351,7 +352,7 @@ def test_dry_run_returns_the_diff_and_writes_nothing(tmp_path: Path) -> None:
     assert "+Host *.devpod\n" in change.diff
     assert config.read_text() == USER_CONFIG
     assert config.stat().st_mtime_ns == before
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config"]
+    assert sorted(path.name for path in config.parent.iterdir()) == ["config"]
 
 
 def test_crlf_lines_outside_the_block_survive_a_write(tmp_path: Path) -> None:
@@ -383,14 +384,15 @@ def test_symlinked_config_is_written_through_the_link(tmp_path: Path) -> None:
 
 def test_damaged_file_is_not_written(tmp_path: Path) -> None:
     """apply raises on damaged markers and leaves no backup or new file."""
-    config = tmp_path / "config"
+    (tmp_path / "ssh").mkdir()
+    config = tmp_path / "ssh" / "config"
     config.write_text(f"Host a\n{BEGIN_MARKER}\n")
 
     with pytest.raises(ConfigError):
         apply(config, make_block(tmp_path))
 
     assert config.read_text() == f"Host a\n{BEGIN_MARKER}\n"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config"]
+    assert sorted(path.name for path in config.parent.iterdir()) == ["config"]
 
 
 # --- find_shadowing ----------------------------------------------------------
