@@ -240,7 +240,7 @@ def test_json_output_is_the_received_lines_unchanged() -> None:
     sent = [
         log_line("Größe 🚀"),
         log_line("no level", level=None),
-        b"not json at all\n",
+        b"not json at all, not even UTF-8: \xff\xfe, CRLF ending\r\n",
         log_line("from stderr", "warning"),
         STATUS_LINE.encode() + b"\n",
     ]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wsbridge.loglines import LineAssembler, parse_line
+from wsbridge.loglines import MAX_LINE, LineAssembler, parse_line
 
 RECORD = {"time": "2026-12-03T15:41:56Z", "message": "Creating…", "level": "info"}
 
@@ -86,3 +86,20 @@ def test_line_without_level_is_a_panic() -> None:
 def test_non_log_lines_are_output_in_their_own_right(line: str) -> None:
     """Plain text, broken JSON and objects without a message are not records."""
     assert parse_line(line) is None
+
+
+def test_raw_lines_are_the_bytes_received() -> None:
+    """Raw lines keep invalid UTF-8 and carriage returns exactly."""
+    assembler = LineAssembler()
+    raw = assembler.feed_raw(b"bad \xff\r\nnext")
+    assert raw + assembler.finish_raw() == [b"bad \xff\r", b"next"]
+
+
+def test_endless_line_is_cut_rather_than_buffered_forever() -> None:
+    """A line longer than MAX_LINE comes out in pieces; memory stays bounded."""
+    assembler = LineAssembler()
+    pieces: list[bytes] = []
+    for _ in range(3):
+        pieces += assembler.feed_raw(b"x" * (MAX_LINE // 2 + 1))
+    assert pieces and all(len(piece) <= 2 * MAX_LINE for piece in pieces)
+    assert b"".join(pieces + assembler.finish_raw()) == b"x" * (3 * (MAX_LINE // 2 + 1))

@@ -9,40 +9,74 @@ does I/O.
 
 from __future__ import annotations
 
-import codecs
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LEVELS", "LineAssembler", "LogRecord", "parse_line"]
+__all__ = [
+    "LEVELS",
+    "MAX_LINE",
+    "LineAssembler",
+    "LogRecord",
+    "decode_line",
+    "parse_line",
+]
 
 # The levels of the DevPod logger, least to most severe (PROTOCOL.md).
 LEVELS = ("trace", "debug", "info", "warning", "error", "fatal", "panic")
+
+# The longest line kept whole; a longer one is cut into pieces this size.
+MAX_LINE = 1024 * 1024
 
 # A record without a level is a panic, as the DevPod logger writes it.
 _MISSING_LEVEL = "panic"
 
 
 class LineAssembler:
-    """Turn a byte stream into complete lines of text, split-safe."""
+    """Turn a byte stream into complete lines, as bytes or as text.
+
+    Lines are cut on bytes and decoded whole, so a character split between
+    frames always comes out intact, and the raw lines stay available for
+    output that must be byte for byte what the server sent.
+    """
 
     def __init__(self) -> None:
-        # Invalid bytes become U+FFFD rather than ending the stream: a log
-        # is for reading, and one bad byte must not hide the rest.
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial = ""
+        self._partial = bytearray()
+
+    def feed_raw(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Take the next bytes; return the lines they complete, newline cut."""
+        self._partial += data
+        if self._partial.find(b"\n") < 0:
+            if len(self._partial) < MAX_LINE:
+                return []
+            # A server that never ends its line must not fill our memory.
+            line, self._partial = bytes(self._partial), bytearray()
+            return [line]
+        *lines, rest = self._partial.split(b"\n")
+        self._partial = rest
+        return [bytes(line) for line in lines]
+
+    def finish_raw(self) -> list[bytes]:
+        """Return what is left once the stream has ended (a last line)."""
+        rest, self._partial = bytes(self._partial), bytearray()
+        return [rest] if rest else []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
-        """Take the next bytes; return the lines they complete."""
-        text = self._partial + self._decoder.decode(bytes(data))
-        *lines, self._partial = text.split("\n")
-        return [line.removesuffix("\r") for line in lines]
+        """Take the next bytes; return the lines they complete, decoded."""
+        return [decode_line(line) for line in self.feed_raw(data)]
 
     def finish(self) -> list[str]:
-        """Return what is left once the stream has ended (a last line)."""
-        rest = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        return [rest.removesuffix("\r")] if rest else []
+        """Return the last, unterminated line, decoded, if there is one."""
+        return [decode_line(line) for line in self.finish_raw()]
+
+
+def decode_line(line: bytes) -> str:
+    """Decode one line; invalid bytes become U+FFFD, a CR before LF goes.
+
+    Replacing rather than failing: a log is for reading, and one bad byte
+    must not hide the rest.
+    """
+    return line.decode("utf-8", errors="replace").removesuffix("\r")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, TextIO
 
-from .loglines import LEVELS, LineAssembler, LogRecord, parse_line
+from .loglines import LEVELS, LineAssembler, LogRecord, decode_line, parse_line
 
 # prompt_toolkit takes a quarter of a second to import, which every ssh
 # connection through the proxy would pay: it is imported where it is used.
@@ -96,17 +96,17 @@ class LineSink:
         self._view = view
         self._target = target
         self._assembler = LineAssembler()
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
 
     def write(self, data: bytes | bytearray | memoryview, /) -> None:
         """Take bytes; complete lines wait for ``drain``."""
-        self._pending.extend(self._assembler.feed(data))
+        self._pending.extend(self._assembler.feed_raw(data))
 
     async def drain(self) -> None:
         """Show the lines completed so far."""
         lines, self._pending = self._pending, []
         if lines:
-            await self._view.show(self._target, lines)
+            await self._view.show_raw(self._target, lines)
 
     def can_write_eof(self) -> bool:
         """Say yes: the end of the stream flushes a last partial line."""
@@ -114,7 +114,7 @@ class LineSink:
 
     def write_eof(self) -> None:
         """Keep the stream's last line, which had no newline."""
-        self._pending.extend(self._assembler.finish())
+        self._pending.extend(self._assembler.finish_raw())
 
     async def close(self) -> None:
         """Show anything still pending, as at end of stream."""
@@ -162,13 +162,18 @@ class LogView:
 
     # Showing lines.
 
-    async def show(self, target: TextIO, lines: list[str]) -> None:
-        """Show complete lines received for ``target``."""
+    async def show_raw(self, target: TextIO, lines: list[bytes]) -> None:
+        """Show complete lines, as received, for ``target``."""
         if self.mode is OutputMode.JSON:
-            # Machines get exactly what the server sent, on stdout.
-            self._stdout.write("".join(f"{line}\n" for line in lines))
+            # Machines get exactly the bytes the server sent, on stdout.
             self._stdout.flush()
+            self._stdout.buffer.write(b"".join(line + b"\n" for line in lines))
+            self._stdout.buffer.flush()
             return
+        await self.show(target, [decode_line(line) for line in lines])
+
+    async def show(self, target: TextIO, lines: list[str]) -> None:
+        """Show complete lines of text for ``target``."""
         printers = [
             printer
             for printer in (self._printer(target, line) for line in lines)
