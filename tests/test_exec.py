@@ -170,6 +170,20 @@ def test_exec_forwards_the_end_of_stdin(emulator: Emulator, user_key: Path) -> N
     assert result.stdout.strip() == b"5"
 
 
+def test_exec_with_stdin_closed_sees_end_of_input(
+    emulator: Emulator, user_key: Path
+) -> None:
+    """With fd 0 closed (``<&-``) the remote command reads EOF, not a hang."""
+    argv = remote_argv("exec", emulator, ["cat"], options=["-i", user_key])
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *argv],
+        capture_output=True,
+        timeout=scaled(EXEC_TIMEOUT),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+
+
 def test_exec_without_a_command_is_a_usage_error() -> None:
     """``exec`` with nothing after the workspace exits 2 with one line."""
     result = run_command(

@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 
 from ..errors import EXIT_INTERRUPTED, WsbridgeError
 from .parser import build_parser
-from .runner import configure_logging, exit_status
+from .runner import configure_logging, exit_status, reopen_closed_standard_streams
 
 __all__ = ["build_parser", "exit_status", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    reopen_closed_standard_streams()
     try:
         args = build_parser().parse_args(argv)
         configure_logging(args.verbose)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -18,6 +19,7 @@ __all__ = [
     "EXIT_UNREPRESENTABLE",
     "configure_logging",
     "exit_status",
+    "reopen_closed_standard_streams",
     "run_async",
     "run_value",
 ]
@@ -97,3 +99,26 @@ def configure_logging(verbosity: int) -> None:
     # access key: it never goes below INFO.
     logging.getLogger("wsbridge.wire").setLevel(max(level, logging.INFO))
     logging.getLogger("asyncssh").setLevel(max(level, logging.WARNING))
+
+
+def reopen_closed_standard_streams() -> None:
+    """Put /dev/null on whichever of fds 0, 1 and 2 a parent left closed.
+
+    Otherwise the next socket or file opened would take that number and be
+    mistaken for stdin, stdout or stderr (``wsbridge exec ... <&-`` would
+    read its own websocket), and Python leaves ``sys.stdin`` and friends
+    as None.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        # The stream lives as long as the process, as sys.stdin and co. do.
+        stream = open(fd, mode, encoding="utf-8", closefd=False)  # noqa: SIM115
+        setattr(sys, name, stream)
