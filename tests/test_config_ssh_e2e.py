@@ -536,6 +536,27 @@ def test_damaged_markers_give_one_line_and_exit_2(
     assert sorted(path.name for path in user_config.parent.iterdir()) == ["config"]
 
 
+@pytest.mark.parametrize(
+    "bad", [["--ssh-option", "Bogus=1"], ["--user", "a b"]], ids=["option", "user"]
+)
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]], ids=["write", "dry-run"])
+def test_block_that_ssh_rejects_is_never_written(
+    user_config: Path, offline_flags: list[str], bad: list[str], mode: list[str]
+) -> None:
+    """An option or user OpenSSH cannot parse fails before the file changes."""
+    original = user_config.read_bytes()
+
+    result = run_wsbridge(
+        "config-ssh", "--ssh-config", user_config, *offline_flags, *bad, *mode
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("wsbridge: ssh rejects the block")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert user_config.read_bytes() == original
+    assert sorted(path.name for path in user_config.parent.iterdir()) == ["config"]
+
+
 def test_earlier_host_star_proxycommand_is_reported_as_shadowing(
     user_config: Path, offline_flags: list[str]
 ) -> None:

@@ -22,6 +22,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,30 @@ def resolved_options(config: Path, host: str) -> dict[str, str]:
     return options
 
 
+def _check_with_openssh(block: str, host: str) -> None:
+    """Have OpenSSH parse ``block`` alone before it goes into a real config.
+
+    A bad ``--ssh-option`` or ``--user`` would otherwise break ssh for
+    every host, not only the workspaces. Skipped when there is no ssh.
+
+    Raises:
+        UsageError: OpenSSH rejects the block.
+    """
+    if shutil.which("ssh") is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="wsbridge-") as directory:
+        candidate = Path(directory) / "config"
+        candidate.write_text(block, encoding="utf-8")
+        try:
+            resolved_options(candidate, host)
+        except ConfigError as exc:
+            # Keep OpenSSH's own words, without the temporary file's name.
+            reason = re.sub(r"^.*?line \d+: ", "", str(exc))
+            raise UsageError(
+                f"ssh rejects the block, nothing was written: {reason}"
+            ) from None
+
+
 def sample_host(block: str) -> str | None:
     """Return a host name that the block's first entry serves."""
     for line in block.splitlines():
@@ -386,6 +411,7 @@ async def configure(
             workspaces=workspaces,
         )
     )
+    _check_with_openssh(block, sample_host(block) or f"workspace.{host_suffix}")
     change = apply(ssh_config, block, dry_run=dry_run)
     messages += _report(change, dry_run, "wrote the wsbridge block to")
     if dry_run:
