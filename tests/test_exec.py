@@ -7,6 +7,7 @@ known-hosts file lives in the test's own XDG state directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,8 +15,10 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -140,6 +143,43 @@ def test_exec_exits_255_with_one_line_when_the_server_goes_away(
     assert status == 255
     assert errors.splitlines()[-1].startswith("wsbridge: ")
     assert "Traceback" not in errors
+
+
+def test_exec_exits_255_when_the_server_dies_during_an_upload(
+    tmp_path: Path, user_key: Path
+) -> None:
+    """Killing the server while stdin streams up gives 255 and one line."""
+    emulator = start_emulator(tmp_path / "emulator" / "state")
+    try:
+        emulator.authorize(Path(f"{user_key}.pub"))
+        command = ["echo started; exec cat > /dev/null"]
+        argv = remote_argv("exec", emulator, command, options=["-i", user_key])
+        with subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdin and process.stdout and process.stderr
+            assert process.stdout.readline() == b"started\n"
+            feeder = threading.Thread(target=_feed_forever, args=(process.stdin,))
+            feeder.start()
+            emulator.process.popen.kill()
+            status = process.wait(scaled(EXEC_TIMEOUT))
+            errors = process.stderr.read().decode()
+            feeder.join(scaled(EXEC_TIMEOUT))
+    finally:
+        emulator.stop()
+    assert status == 255, errors
+    assert "Traceback" not in errors
+    assert errors.splitlines()[-1].startswith("wsbridge: ")
+
+
+def _feed_forever(stream: IO[bytes]) -> None:
+    """Write to ``stream`` until the reader goes away."""
+    with contextlib.suppress(OSError, ValueError):
+        while True:
+            stream.write(b"x" * 65536)
 
 
 def test_exec_moves_8_mib_through_cat_byte_for_byte(

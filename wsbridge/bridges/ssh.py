@@ -236,7 +236,9 @@ async def workspace_ssh(
             )
         try:
             yield connection
-        except asyncssh.Error as exc:
+        except (asyncssh.Error, ConnectionError) as exc:
+            # ConnectionError: writing to a session whose transport has gone
+            # (the server died mid-upload) raises a reset, not an SSH error.
             # The SSH session broke under the command; when the websocket
             # failed first, its error says why.
             _raise_bridge_failure(bridge)
