@@ -34,6 +34,7 @@ from websockets.exceptions import (
     ConnectionClosed,
     ConnectionClosedOK,
     InvalidHandshake,
+    InvalidProxy,
     InvalidStatus,
     InvalidURI,
 )
@@ -223,6 +224,7 @@ class Channel:
     async def _send_stdin(self, stdin: ByteSource | None) -> None:
         """Send local input as stdin frames, then a stdin close."""
         send = self._connection.send
+        debug = self._log.isEnabledFor(logging.DEBUG)
         try:
             while stdin is not None:
                 try:
@@ -234,6 +236,10 @@ class Channel:
                     break
                 if not data:
                     break
+                if debug:
+                    self._log.debug(
+                        "> STDIN %d bytes %r", len(data), data[:DEBUG_PAYLOAD_BYTES]
+                    )
                 self.bytes_sent += len(data)
                 await send(protocol.encode(FrameType.STDIN, data))
             self._log.debug("stdin at EOF; sending stdin close")
@@ -347,13 +353,25 @@ def _handshake_error(
         return ConnectionFailed(
             f"timed out after {OPEN_TIMEOUT:.0f} s connecting to {host}"
         )
+    if isinstance(exc, ConnectionResetError) and endpoint.is_secure:
+        return TLSFailed(
+            f"TLS handshake with {host} failed: the server reset the connection "
+            "(does it speak plain ws:// or http://?)"
+        )
     if isinstance(exc, socket.gaierror):
         return ConnectionFailed(f"cannot resolve {host}: {exc.strerror}")
     if isinstance(exc, OSError):
         # asyncio words refusals as "Connect call failed (...)"; the errno's
         # own text reads better.
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc) or (
+            type(exc).__name__
+        )
         return ConnectionFailed(f"cannot connect to {host}: {reason}")
+    if isinstance(exc, InvalidProxy):
+        # The proxy URL comes from the environment and may carry a password.
+        return ConnectionFailed(
+            "the proxy setting (HTTPS_PROXY or HTTP_PROXY) is not a valid URL"
+        )
     if isinstance(exc, InvalidURI):
         return ConnectionFailed(f"invalid server URL for {host}: {exc}")
     if isinstance(exc, InvalidHandshake):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -237,7 +238,8 @@ def emulator(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "wsbridge", *_without(sys.argv[1:], "--detach")]
         url = emulator.start_detached(settings, argv)
         print(f"wsbridge emulator listening on {url}")
-        print(f"try: ssh -F {settings.state_dir / 'ssh_config'} demo 'echo hello'")
+        config = shlex.quote(str(settings.state_dir / "ssh_config"))
+        print(f"try: ssh -F {config} demo 'echo hello'")
         return 0
 
     def announce(url: str) -> None:

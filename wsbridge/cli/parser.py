@@ -14,7 +14,7 @@ from ..profiles import DEFAULT_PROFILE
 from ..settings import ENV_ACCESS_KEY, ENV_PROFILE, ENV_PROJECT, ENV_SERVER
 from . import commands as handlers
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "workspace_name"]
 
 _EPILOG = f"""\
 environment (flags override it; it overrides the saved profile):
@@ -26,6 +26,13 @@ environment (flags override it; it overrides the saved profile):
 exit status: the remote exit code; 255 for connection, authentication and
 protocol failures; 2 for usage errors; 130 after Ctrl-C.
 """
+
+
+def workspace_name(text: str) -> str:
+    """Accept a workspace name that can stand as one segment of a URL path."""
+    if not text or text in (".", "..") or "/" in text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"invalid workspace name {text!r}")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[connection],
         help="connect stdin/stdout to a workspace's SSH (for ProxyCommand)",
         description="Connect stdin and stdout to the workspace's SSH server, "
-        "for OpenSSH's ProxyCommand: ProxyCommand wsbridge proxy %%n",
+        "for OpenSSH's ProxyCommand: ProxyCommand wsbridge proxy %n",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="strip .SUFFIX from WORKSPACE (for ProxyCommand ... %%n with "
         "Host *.SUFFIX)",
     )
-    proxy.add_argument("workspace", metavar="WORKSPACE")
+    proxy.add_argument("workspace", metavar="WORKSPACE", type=workspace_name)
     proxy.set_defaults(handler=handlers.proxy)
 
     listen = commands.add_parser(
@@ -157,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not start a stopped workspace (by default the first connection "
         "starts it, with its log on stderr)",
     )
-    listen.add_argument("workspace", metavar="WORKSPACE")
+    listen.add_argument("workspace", metavar="WORKSPACE", type=workspace_name)
     listen.set_defaults(handler=handlers.listen)
 
     for name, summary in _REMOTE.items():
@@ -191,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--no-start", dest="start", action="store_false",
             help="do not start a stopped workspace",
         )
-        remote.add_argument("workspace", metavar="WORKSPACE")
+        remote.add_argument("workspace", metavar="WORKSPACE", type=workspace_name)
         remote.add_argument(
             "command",
             nargs=argparse.REMAINDER,
@@ -231,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
             if action == "status"
             else "print the received log lines unchanged, one per line",
         )
-        command.add_argument("workspace", metavar="WORKSPACE")
+        command.add_argument("workspace", metavar="WORKSPACE", type=workspace_name)
         command.set_defaults(handler=handlers.lifecycle, action=action)
 
     login = commands.add_parser(
