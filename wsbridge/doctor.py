@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from .api import probe
 from .endpoint import Endpoint
 from .errors import AuthRejected, WsbridgeError
-from .settings import ConnectionSettings
+from .settings import ENV_SERVER, ConnectionSettings
 from .sshconfig import (
     BEGIN_MARKER,
     END_MARKER,
@@ -167,11 +167,12 @@ def _profile(settings: ConnectionSettings) -> Check:
         return Check(
             "profile", Verdict.OK, "none; settings come from flags and environment"
         )
-    return Check(
-        "profile",
-        Verdict.OK,
-        f"{profile.name!r}: {profile.server}, project {profile.project or 'default'}",
-    )
+    project = profile.project or "default"
+    detail = f"{profile.name!r}: {profile.server}, project {project}"
+    if settings.server or os.environ.get(ENV_SERVER):
+        # Its key then stays home: a profile's key goes only to its server.
+        detail += f"; its server is overridden by --server or {ENV_SERVER}"
+    return Check("profile", Verdict.OK, detail)
 
 
 def _tls(endpoint: Endpoint) -> Check:
