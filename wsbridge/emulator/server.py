@@ -702,6 +702,8 @@ def start_detached(settings: EmulatorSettings, executable_argv: list[str]) -> st
     if line is None or not line.startswith(LISTENING_PREFIX):
         _stop_child(child)
         reason = _last_log_line(log_path, log_start) or "it printed no error"
+        # The child's own error line already carries the program's prefix.
+        reason = reason.removeprefix("wsbridge: ")
         raise UsageError(f"the emulator did not start: {reason} (log: {log_path})")
 
     url = line.removeprefix(LISTENING_PREFIX)
