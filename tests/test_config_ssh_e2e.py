@@ -24,6 +24,7 @@ import pytest
 
 from wsbridge.sshconfig import BEGIN_MARKER, END_MARKER
 
+from . import ssh_samples
 from .emulator import Emulator, start_emulator, write_access_key
 from .procs import LineCollector, run_command, scaled
 
@@ -43,21 +44,6 @@ SOCKET_TIMEOUT = 15.0
 # the discard port of loopback in the test environment, and nothing tries.
 OFFLINE_SERVER = "ws://127.0.0.1:9"
 
-# A user's own config, with all that must survive byte for byte: comments,
-# an Include (of an absolute path, so ssh never looks in the real ~/.ssh),
-# a Match block, tab indentation and no newline after the last line.
-USER_CONFIG = (
-    "# my own hosts\n"
-    "Include {include}\n"
-    "\n"
-    "Host build\n"
-    "\tHostName 127.0.0.1\n"
-    "    Port 2222  # trailing comment\n"
-    "\n"
-    "Match host *.internal\n"
-    "    User deploy\n"
-    "# the end, without a newline"
-)
 
 
 def run_wsbridge(
@@ -155,12 +141,12 @@ def offline_flags(tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def user_config(tmp_path: Path) -> Path:
-    """Return a user's ssh config (see USER_CONFIG), mode 0644."""
+    """Return a user's ssh config (see ssh_samples), mode 0644."""
     included = tmp_path / "included.conf"
     included.write_text("Host included\n    Port 2200\n")
     config = tmp_path / "ssh" / "config"
     config.parent.mkdir()
-    config.write_text(USER_CONFIG.format(include=included))
+    config.write_text(ssh_samples.user_config(str(included)))
     config.chmod(0o644)
     return config
 
@@ -283,47 +269,26 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def test_scp_copies_a_file_there_and_back_unchanged(
-    configured: Path, tmp_path: Path
+@pytest.mark.parametrize("tool", ["scp", "rsync"])
+def test_file_copies_there_and_back_unchanged(
+    configured: Path, tmp_path: Path, tool: str
 ) -> None:
-    """``scp -F cfg`` to and from demo.devpod keeps every byte."""
+    """scp and ``rsync -e 'ssh -F cfg'`` to and from demo.devpod keep every byte."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    copy = (
+        ["scp", "-F", str(configured)]
+        if tool == "scp"
+        else ["rsync", "-e", f"ssh -F {configured}"]
+    )
     original = tmp_path / "original.bin"
     original.write_bytes(os.urandom(256 * 1024))
-    remote = tmp_path / "remote-scp.bin"
+    remote = tmp_path / f"remote-{tool}.bin"
     returned = tmp_path / "returned.bin"
 
-    upload = run_command(
-        ["scp", "-F", configured, original, f"demo.devpod:{remote}"], SSH_TIMEOUT
-    )
+    upload = run_command([*copy, original, f"demo.devpod:{remote}"], SSH_TIMEOUT)
     assert upload.returncode == 0, upload.stderr.decode()
-    download = run_command(
-        ["scp", "-F", configured, f"demo.devpod:{remote}", returned], SSH_TIMEOUT
-    )
-    assert download.returncode == 0, download.stderr.decode()
-
-    assert remote.read_bytes() == original.read_bytes()
-    assert returned.read_bytes() == original.read_bytes()
-
-
-def test_rsync_over_ssh_copies_a_file_there_and_back_unchanged(
-    configured: Path, tmp_path: Path
-) -> None:
-    """``rsync -e 'ssh -F cfg'`` to and from demo.devpod keeps every byte."""
-    if shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed")
-    original = tmp_path / "original.bin"
-    original.write_bytes(os.urandom(256 * 1024))
-    remote = tmp_path / "remote-rsync.bin"
-    returned = tmp_path / "returned.bin"
-    shell = f"ssh -F {configured}"
-
-    upload = run_command(
-        ["rsync", "-e", shell, original, f"demo.devpod:{remote}"], SSH_TIMEOUT
-    )
-    assert upload.returncode == 0, upload.stderr.decode()
-    download = run_command(
-        ["rsync", "-e", shell, f"demo.devpod:{remote}", returned], SSH_TIMEOUT
-    )
+    download = run_command([*copy, f"demo.devpod:{remote}", returned], SSH_TIMEOUT)
     assert download.returncode == 0, download.stderr.decode()
 
     assert remote.read_bytes() == original.read_bytes()

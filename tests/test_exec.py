@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -122,24 +122,9 @@ def test_exec_exits_255_with_one_line_when_the_server_goes_away(
     tmp_path: Path, user_key: Path
 ) -> None:
     """An emulator shutting down mid-command ends wsbridge with 255, no traceback."""
-    emulator = start_emulator(tmp_path / "emulator" / "state")
-    try:
-        emulator.authorize(Path(f"{user_key}.pub"))
-        command = ["echo started; exec sleep 600"]
-        argv = remote_argv("exec", emulator, command, options=["-i", user_key])
-        with subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        ) as process:
-            assert process.stdout is not None and process.stderr is not None
-            assert process.stdout.readline() == b"started\n"
-            emulator.stop()
-            status = process.wait(scaled(EXEC_TIMEOUT))
-            errors = process.stderr.read().decode()
-    finally:
-        emulator.stop()
+    status, errors = exec_while_the_server_goes(
+        tmp_path, user_key, "exec sleep 600", lambda emulator, _: emulator.stop()
+    )
     assert status == 255
     assert errors.splitlines()[-1].startswith("wsbridge: ")
     assert "Traceback" not in errors
@@ -149,11 +134,35 @@ def test_exec_exits_255_when_the_server_dies_during_an_upload(
     tmp_path: Path, user_key: Path
 ) -> None:
     """Killing the server while stdin streams up gives 255 and one line."""
+
+    def kill_while_uploading(emulator: Emulator, stdin: IO[bytes]) -> None:
+        threading.Thread(target=_feed_forever, args=(stdin,), daemon=True).start()
+        emulator.process.popen.kill()
+
+    status, errors = exec_while_the_server_goes(
+        tmp_path, user_key, "exec cat > /dev/null", kill_while_uploading
+    )
+    assert status == 255, errors
+    assert "Traceback" not in errors
+    assert errors.splitlines()[-1].startswith("wsbridge: ")
+
+
+def exec_while_the_server_goes(
+    tmp_path: Path,
+    user_key: Path,
+    command: str,
+    end_server: Callable[[Emulator, IO[bytes]], object],
+) -> tuple[int, str]:
+    """Run ``command`` by exec, call ``end_server`` once it runs; return the end.
+
+    Returns wsbridge's exit status and what it wrote to stderr.
+    """
     emulator = start_emulator(tmp_path / "emulator" / "state")
     try:
         emulator.authorize(Path(f"{user_key}.pub"))
-        command = ["echo started; exec cat > /dev/null"]
-        argv = remote_argv("exec", emulator, command, options=["-i", user_key])
+        argv = remote_argv(
+            "exec", emulator, [f"echo started; {command}"], options=["-i", user_key]
+        )
         with subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -162,17 +171,12 @@ def test_exec_exits_255_when_the_server_dies_during_an_upload(
         ) as process:
             assert process.stdin and process.stdout and process.stderr
             assert process.stdout.readline() == b"started\n"
-            feeder = threading.Thread(target=_feed_forever, args=(process.stdin,))
-            feeder.start()
-            emulator.process.popen.kill()
+            end_server(emulator, process.stdin)
             status = process.wait(scaled(EXEC_TIMEOUT))
             errors = process.stderr.read().decode()
-            feeder.join(scaled(EXEC_TIMEOUT))
     finally:
         emulator.stop()
-    assert status == 255, errors
-    assert "Traceback" not in errors
-    assert errors.splitlines()[-1].startswith("wsbridge: ")
+    return status, errors
 
 
 def _feed_forever(stream: IO[bytes]) -> None:

@@ -44,7 +44,9 @@ PANE_WIDTH, PANE_HEIGHT = 100, 30
 PROMPT = "wsb-test$"
 
 # The progress line: spinner, current step, two spaces, elapsed seconds.
-PROGRESS_LINE = re.compile(r"^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] (?P<step>\S.*?)  (?P<elapsed>\d+)s$")
+PROGRESS_LINE = re.compile(
+    r"^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] (?P<step>\S.*?)  (?P<elapsed>\d+)s$"
+)
 SPINNER = re.compile("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]")
 
 

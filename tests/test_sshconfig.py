@@ -30,20 +30,10 @@ from wsbridge.sshconfig import (
     splice_block,
 )
 
-# A user's config with what must survive untouched: comments, an Include,
-# a Match block, indentation, and no newline after the last line.
-USER_CONFIG = (
-    "# my own hosts\n"
-    "Include /nonexistent/wsbridge-test/*.conf\n"
-    "\n"
-    "Host build\n"
-    "\tHostName 127.0.0.1\n"
-    "    Port 2222  # trailing comment\n"
-    "\n"
-    "Match host *.internal\n"
-    "    User deploy\n"
-    "# the end, without a newline"
-)
+from .ssh_samples import user_config
+
+# A user's config with what must survive untouched (see ssh_samples).
+USER_CONFIG = user_config("/nonexistent/wsbridge-test/*.conf")
 
 
 def make_block(
